@@ -1,0 +1,40 @@
+# One command sets up and runs the main job (`make bench`); one runs the tests (`make test`).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# jax[cpu] here and in CI; `make install JAX_EXTRA=cuda12` on a GPU box, `JAX_EXTRA=tpu` on a TPU VM.
+JAX_EXTRA ?= cpu
+# Pinned versions that were tested together; `make install CONSTRAINTS=` to float them.
+CONSTRAINTS ?= -c constraints.txt
+STAMP := $(VENV)/.installed-$(JAX_EXTRA)
+
+.PHONY: install test test-slow bench bench-quick reproduce lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(CONSTRAINTS) "jax[$(JAX_EXTRA)]" -e ".[tfds,keras,extras,test]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) -m benchmarks.run
+
+bench-quick: install
+	$(PY) -m benchmarks.run --quick
+
+reproduce: install
+	$(PY) -m benchmarks.reproduce
+
+lint: install
+	shellcheck scripts/*.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,394 @@
+"""Every scaling mode of Keras' ImageDataGenerator as one pure, jittable function.
+
+A mode is data: a frozen `ScalingConfig` (hashable, so it is a static argument of `jit`). The
+fitted numbers a config needs (featurewise mean/std, the ZCA matrix) are a pytree,
+`ScalingParams`, computed on device by `fit_scaling`. `scale(images, config, params)` applies
+the steps in the order of Keras 3's `ImageDataGenerator.standardize`:
+
+    preprocessing_function -> rescale -> samplewise center -> samplewise std
+    -> featurewise center -> featurewise std -> ZCA whitening
+
+Keras' implications between flags hold here too (with the same warnings): `zca_whitening`
+turns on `featurewise_center` and off `featurewise_std_normalization`;
+`featurewise_std_normalization` turns on `featurewise_center`; `samplewise_std_normalization`
+turns on `samplewise_center`.
+
+One deliberate difference: Keras' `fit` computes featurewise statistics on rescaled data but
+skips `preprocessing_function` and the samplewise steps that `standardize` applies before the
+featurewise ones, so with both kinds enabled its output is not centred. `fit_scaling` applies
+every step that precedes the featurewise ones, so fitted data comes out with mean 0, std 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from typing import Callable, Iterable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscale import statistics
+from jaxscale.statistics import Scope
+from jaxscale.validation import DataFormat, channel_axis, check_data_format, check_images
+
+STD_EPSILON = 1e-6  # Keras adds this to every std it divides by
+OUTPUT_DTYPES = ("float32", "bfloat16")
+# The ZCA matrix is D x D float32 (D = H*W*C); beyond this it would not fit comfortably.
+MAX_ZCA_FEATURES = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalingConfig:
+    """What to do to pixels; the same knobs and meaning as Keras' ImageDataGenerator.
+
+    Attributes:
+      rescale: multiply by this (e.g. 1/255); None or 0 disables, as in Keras.
+      samplewise_center: subtract each image's mean (over all its pixels and channels).
+      samplewise_std_normalization: divide each image by its std + 1e-6.
+      featurewise_center: subtract the dataset mean (needs `fit_scaling`).
+      featurewise_std_normalization: divide by the dataset std + 1e-6.
+      zca_whitening: multiply each flattened image by the ZCA matrix of the dataset.
+      zca_epsilon: added to singular values, as in Keras 3.
+      preprocessing_function: float32[N, H, W, C] -> same shape, jittable; runs first.
+      statistics_scope: featurewise statistics per "channel" (Keras), "pixel" or "global".
+      data_format: "channels_last" (NHWC) or "channels_first" (NCHW).
+      dtype: output dtype, "float32" or "bfloat16" (arithmetic is float32 either way).
+    """
+
+    rescale: float | None = None
+    samplewise_center: bool = False
+    samplewise_std_normalization: bool = False
+    featurewise_center: bool = False
+    featurewise_std_normalization: bool = False
+    zca_whitening: bool = False
+    zca_epsilon: float = 1e-6
+    preprocessing_function: Callable | None = None
+    statistics_scope: Scope = "channel"
+    data_format: DataFormat = "channels_last"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        check_data_format(self.data_format)
+        if self.dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"dtype must be one of {OUTPUT_DTYPES}, got {self.dtype!r}")
+        if self.statistics_scope not in statistics.SCOPES:
+            raise ValueError(f"statistics_scope must be one of {statistics.SCOPES}, "
+                             f"got {self.statistics_scope!r}")
+        if self.rescale is not None and not math.isfinite(self.rescale):
+            raise ValueError(f"rescale must be finite, got {self.rescale}")
+        if self.zca_epsilon < 0:
+            raise ValueError(f"zca_epsilon must be >= 0, got {self.zca_epsilon}")
+        if self.preprocessing_function is not None and not callable(
+                self.preprocessing_function):
+            raise ValueError("preprocessing_function must be callable")
+        self._apply_keras_implications()
+
+    def _apply_keras_implications(self):
+        def override(field, value, because):
+            object.__setattr__(self, field, value)
+            warnings.warn(f"This ScalingConfig specifies `{because}`, which overrides "
+                          f"setting of `{field}`.", stacklevel=4)
+
+        if self.zca_whitening:
+            if not self.featurewise_center:
+                override("featurewise_center", True, "zca_whitening")
+            if self.featurewise_std_normalization:
+                override("featurewise_std_normalization", False, "zca_whitening")
+        if self.featurewise_std_normalization and not self.featurewise_center:
+            override("featurewise_center", True, "featurewise_std_normalization")
+        if self.samplewise_std_normalization and not self.samplewise_center:
+            override("samplewise_center", True, "samplewise_std_normalization")
+
+    @property
+    def needs_fit(self) -> bool:
+        """Whether `scale` needs `ScalingParams` from `fit_scaling`."""
+        return self.featurewise_center or self.featurewise_std_normalization or \
+            self.zca_whitening
+
+    def replace(self, **changes) -> "ScalingConfig":
+        return dataclasses.replace(self, **changes)
+
+
+MODES: dict[str, ScalingConfig] = {
+    "none": ScalingConfig(),
+    "normalize": ScalingConfig(rescale=1.0 / 255.0),
+    "center": ScalingConfig(featurewise_center=True),
+    "standardize": ScalingConfig(featurewise_center=True, featurewise_std_normalization=True),
+    "sample_center": ScalingConfig(samplewise_center=True),
+    "sample_standardize": ScalingConfig(samplewise_center=True,
+                                        samplewise_std_normalization=True),
+    "zca": ScalingConfig(featurewise_center=True, zca_whitening=True),
+}
+
+
+def scaling_config(mode: str | ScalingConfig, **overrides) -> ScalingConfig:
+    """A config from a mode name (see `MODES`) or a config, with fields overridden."""
+    if isinstance(mode, ScalingConfig):
+        config = mode
+    elif mode in MODES:
+        config = MODES[mode]
+    else:
+        raise ValueError(f"unknown scaling mode {mode!r}; known: {sorted(MODES)}")
+    return config.replace(**overrides) if overrides else config
+
+
+@flax.struct.dataclass
+class ScalingParams:
+    """Numbers fitted on a dataset, in channels_last order whatever the data's layout.
+
+    Attributes:
+      mean: float32[C], [H, W, C] or [] (by statistics scope), or None if not centring.
+      std: same shape as mean, or None if not dividing by the std.
+      zca_matrix: float32[D, D], D = H*W*C flattened in channels_last order, or None.
+      stats: the DatasetStats the mean and std came from (kept for saving), or None.
+    """
+
+    mean: jax.Array | None = None
+    std: jax.Array | None = None
+    zca_matrix: jax.Array | None = None
+    stats: statistics.DatasetStats | None = None
+
+
+def _samplewise_and_before(images: jax.Array, config: ScalingConfig) -> jax.Array:
+    """float32 images after the steps that precede the featurewise ones."""
+    x = images.astype(jnp.float32)
+    if config.preprocessing_function is not None:
+        x = config.preprocessing_function(x).astype(jnp.float32)
+    if config.rescale:
+        x = x * jnp.float32(config.rescale)
+    image_axes = (1, 2, 3)
+    if config.samplewise_center:
+        x = x - jnp.mean(x, axis=image_axes, keepdims=True)
+    if config.samplewise_std_normalization:
+        x = x / (jnp.std(x, axis=image_axes, keepdims=True) + STD_EPSILON)
+    return x
+
+
+def _broadcastable(stat: jax.Array, data_format: DataFormat) -> jax.Array:
+    """A channels_last statistic ([C], [H, W, C] or []) shaped to broadcast over a batch."""
+    if stat.ndim == 0:
+        return stat
+    if stat.ndim == 1:
+        return stat if data_format == "channels_last" else stat.reshape(-1, 1, 1)
+    return stat if data_format == "channels_last" else jnp.transpose(stat, (2, 0, 1))
+
+
+def _check_params(images, config: ScalingConfig, params: ScalingParams | None) -> None:
+    if not config.needs_fit:
+        return
+    missing = []
+    if params is None or (config.featurewise_center and params.mean is None):
+        missing.append("featurewise_center")
+    if params is None or (config.featurewise_std_normalization and params.std is None):
+        missing.append("featurewise_std_normalization")
+    if params is None or (config.zca_whitening and params.zca_matrix is None):
+        missing.append("zca_whitening")
+    missing = [m for m in missing if getattr(config, m)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} needs statistics of the training data: "
+                         "call fit_scaling(config, train_images) (or ImageDataGenerator.fit) "
+                         "and pass its result as params")
+    shape = tuple(images.shape)
+    hwc = shape[1:] if config.data_format == "channels_last" else (*shape[2:], shape[1])
+    for name in ("mean", "std"):
+        stat = getattr(params, name)
+        if stat is None:
+            continue
+        expected = statistics.stat_shape(hwc, config.statistics_scope)
+        if tuple(stat.shape) != expected:
+            raise ValueError(
+                f"fitted {name} has shape {tuple(stat.shape)} but images of shape {shape} "
+                f"({config.data_format}, scope {config.statistics_scope!r}) need {expected}: "
+                "were the statistics fitted on other data?")
+    if config.zca_whitening and params.zca_matrix.shape != (math.prod(hwc),) * 2:
+        raise ValueError(f"ZCA matrix has shape {tuple(params.zca_matrix.shape)} but images "
+                         f"of shape {shape} need {(math.prod(hwc),) * 2}")
+
+
+def scale(images: jax.Array, config: ScalingConfig,
+          params: ScalingParams | None = None) -> jax.Array:
+    """Applies a scaling config to a batch of images. Pure; jit with `config` static.
+
+    Args:
+      images: uint8 or float[N, H, W, C] (channels_last) or [N, C, H, W] (channels_first),
+        C in {1, 3, 4}.
+      config: the scaling config (see `MODES` for named ones).
+      params: fitted numbers, required when `config.needs_fit`.
+
+    Returns:
+      `config.dtype` (float32 by default)[same shape as images].
+
+    Raises:
+      ValueError: bad images (rank, channels, dtype, empty, non-finite when concrete), a
+        featurewise mode without params, or params fitted on a different image shape.
+    """
+    check_images(images, config.data_format)
+    _check_params(images, config, params)
+    x = _samplewise_and_before(jnp.asarray(images), config)
+    if config.featurewise_center:
+        x = x - _broadcastable(params.mean, config.data_format)
+    if config.featurewise_std_normalization:
+        x = x / (_broadcastable(params.std, config.data_format) + STD_EPSILON)
+    if config.zca_whitening:
+        x = _apply_zca(x, params.zca_matrix, config.data_format)
+    return x.astype(config.dtype)
+
+
+def _apply_zca(x: jax.Array, matrix: jax.Array, data_format: DataFormat) -> jax.Array:
+    if data_format == "channels_first":
+        x = jnp.transpose(x, (0, 2, 3, 1))
+    flat = x.reshape(x.shape[0], -1)
+    white = jnp.matmul(flat, matrix, precision=jax.lax.Precision.HIGHEST).reshape(x.shape)
+    return white if data_format == "channels_last" else jnp.transpose(white, (0, 3, 1, 2))
+
+
+scale_jit = jax.jit(scale, static_argnames=("config",))
+scale_jit.__doc__ = "`scale` compiled once per (config, shape, dtype)."
+
+
+@flax.struct.dataclass
+class SecondMoments:
+    """Per-feature mean and co-moment matrix of flattened images (for ZCA), mergeable.
+
+    Attributes:
+      count: int32[] images seen.
+      mean: float32[D] per-feature mean (D = H*W*C, channels_last order).
+      comoment: float32[D, D] sum over images of (x - mean)(x - mean)^T.
+    """
+
+    count: jax.Array
+    mean: jax.Array
+    comoment: jax.Array
+
+
+def _batch_moments(flat: jax.Array, mask: jax.Array) -> SecondMoments:
+    weights = mask.astype(jnp.float32)
+    n = jnp.sum(weights)
+    mean = jnp.sum(flat * weights[:, None], axis=0) / jnp.maximum(n, 1.0)
+    centered = (flat - mean) * weights[:, None]
+    comoment = jnp.matmul(centered.T, centered, precision=jax.lax.Precision.HIGHEST)
+    return SecondMoments(jnp.sum(mask.astype(jnp.int32)), mean, comoment)
+
+
+def _merge_moments(a: SecondMoments, b: SecondMoments) -> SecondMoments:
+    count = a.count + b.count
+    n = jnp.maximum(count.astype(jnp.float32), 1.0)
+    na, nb = a.count.astype(jnp.float32), b.count.astype(jnp.float32)
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (nb / n)
+    comoment = a.comoment + b.comoment + jnp.outer(delta, delta) * (na * nb / n)
+    return SecondMoments(count, mean, comoment)
+
+
+@functools.partial(jax.jit, static_argnames=("zca",))
+def _fit_step(stats, moments, x, mask, *, zca: bool):
+    """One streaming step: featurewise stats and (for ZCA) second moments of a prepared batch."""
+    stats = statistics.merge_stats(stats, statistics.batch_stats(
+        x, scope=stats.scope, mask=mask))
+    if zca:
+        moments = _merge_moments(moments, _batch_moments(x.reshape(x.shape[0], -1), mask))
+    return stats, moments
+
+
+def _zca_matrix(moments: SecondMoments, channel_mean: np.ndarray, epsilon: float,
+                image_shape_hwc: tuple[int, int, int]) -> np.ndarray:
+    """Keras 3's ZCA matrix from streamed moments.
+
+    Keras takes the SVD of the (featurewise-centred) data X [n, D]: U, s, and builds
+    W = U diag(sqrt(n) / (s + eps)) U^T over the min(n, D) singular vectors. With
+    S = X^T X / n = U diag(s^2 / n) U^T, that is eigh(S) with s = sqrt(n * lambda).
+    X is centred per channel, not per feature, so S = cov + (m_feature - m_channel)(...)^T.
+    The D x D eigendecomposition runs once, in float64 on the host: ZCA divides by the square
+    roots of the smallest eigenvalues, which float32 gets wrong.
+    """
+    n = int(moments.count)
+    cov = np.asarray(moments.comoment, np.float64) / n
+    offset = (np.asarray(moments.mean, np.float64).reshape(image_shape_hwc)
+              - np.asarray(channel_mean, np.float64)).reshape(-1)
+    second = cov + np.outer(offset, offset)
+    eigenvalues, vectors = np.linalg.eigh(second)
+    rank = min(n, second.shape[0])
+    eigenvalues, vectors = eigenvalues[::-1][:rank], vectors[:, ::-1][:, :rank]
+    singular = np.sqrt(np.clip(eigenvalues, 0.0, None) * n)
+    inverse = np.sqrt(n) / (singular + epsilon)
+    return ((vectors * inverse) @ vectors.T).astype(np.float32)
+
+
+def fit_scaling(config: ScalingConfig, images, *, batch_size: int = 8192,
+                progress: bool = False) -> ScalingParams:
+    """Fits the featurewise statistics (and ZCA matrix) a config needs, in one device pass.
+
+    Statistics are taken of the images as `scale` sees them just before the featurewise steps
+    (after preprocessing_function, rescale and the samplewise steps).
+
+    Args:
+      config: the scaling config.
+      images: uint8 or float[N, H, W, C] (or channels_first), NumPy or JAX; or an iterable of
+        such batches for data that does not fit in memory.
+      batch_size: images per device step when `images` is one array.
+      progress: show a progress bar.
+
+    Returns:
+      ScalingParams; all fields None when the config needs no fit.
+    """
+    if not config.needs_fit:
+        return ScalingParams()
+    prepare = jax.jit(lambda x: _to_last(_samplewise_and_before(x, config),
+                                         config.data_format))
+    if hasattr(images, "shape"):
+        check_images(images, config.data_format)
+        batch_size = min(batch_size, images.shape[0])
+        batches = statistics._padded_batches(images, batch_size)
+        total = -(-images.shape[0] // batch_size)
+    else:
+        batches = ((b, np.ones(b.shape[0], bool)) for b in images)
+        total = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=total, desc="fit scaling", unit="batch")
+    stats = moments = None
+    for batch, mask in batches:
+        check_images(batch, config.data_format, name="batch")
+        x = prepare(jnp.asarray(batch))
+        if stats is None:
+            hwc = tuple(x.shape[1:])
+            features = math.prod(hwc)
+            if config.zca_whitening and features > MAX_ZCA_FEATURES:
+                raise ValueError(
+                    f"ZCA needs a {features}x{features} matrix for images of shape {hwc}; "
+                    f"the limit is {MAX_ZCA_FEATURES} features. Downscale the images first.")
+            scope = config.statistics_scope
+            elements = {"channel": hwc[0] * hwc[1], "pixel": 1, "global": features}[scope]
+            stats = statistics.empty_stats(statistics.stat_shape(hwc, scope), scope=scope,
+                                           elements_per_image=elements)
+            d = features if config.zca_whitening else 1
+            moments = SecondMoments(jnp.zeros((), jnp.int32), jnp.zeros((d,), jnp.float32),
+                                    jnp.zeros((d, d), jnp.float32))
+        stats, moments = _fit_step(stats, moments, x, jnp.asarray(mask),
+                                   zca=config.zca_whitening)
+    if stats is None or int(stats.count) == 0:
+        raise ValueError("fit_scaling got no images")
+    zca = None
+    if config.zca_whitening:
+        zca = jnp.asarray(_zca_matrix(moments, np.asarray(stats.mean), config.zca_epsilon,
+                                      hwc))
+    return ScalingParams(
+        mean=stats.mean if config.featurewise_center else None,
+        std=stats.std if config.featurewise_std_normalization else None,
+        zca_matrix=zca, stats=stats)
+
+
+def _to_last(x, data_format):
+    return x if data_format == "channels_last" else jnp.transpose(x, (0, 2, 3, 1))
+
+
+def iter_batches(images, batch_size: int) -> Iterable:
+    """Plain consecutive slices of an array (the streaming form `fit_scaling` accepts)."""
+    for start in range(0, images.shape[0], batch_size):
+        yield images[start:start + batch_size]
