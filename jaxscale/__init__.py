@@ -13,6 +13,7 @@ from jaxscale.statistics import (
     save_stats,
     update_stats,
 )
+from jaxscale.generator import ImageDataGenerator
 from jaxscale.scaling import (
     MODES,
     ScalingConfig,

@@ -1,0 +1,262 @@
+"""`ImageDataGenerator`: Keras' constructor keywords and methods, computed with JAX on device.
+
+For users coming from Keras: the same knobs with the same meaning, `fit` / `standardize` /
+`flow`, but statistics are computed on device in one streaming pass and every batch is
+gathered and scaled by one compiled function from a device-resident copy of the data.
+
+Differences from Keras 3's `keras.src.legacy.preprocessing.image.ImageDataGenerator`:
+
+- `fit` computes featurewise statistics after `preprocessing_function` and the samplewise
+  steps, the same steps `standardize` applies before the featurewise ones, so fitted data comes
+  out centred (Keras skips them in `fit`).
+- `standardize` on a rank-4 array treats it as a batch and applies the samplewise steps per
+  image; Keras computes one mean over the whole array. A rank-3 array is one image, as in Keras.
+- `standardize` returns a new array instead of modifying its argument in place.
+- A featurewise mode used before `fit` raises `ValueError` (Keras warns and skips the step).
+- `flow` yields JAX arrays on the default device; images stay on device in their own dtype
+  (uint8 stays uint8: 4x less memory than Keras' float32 copy).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscale import scaling
+from jaxscale.scaling import ScalingConfig, ScalingParams
+from jaxscale.validation import channel_axis, check_images
+
+# Keras' augmentation keywords and their "off" defaults. Non-default values are not yet
+# supported by this facade and raise NotImplementedError instead of being silently ignored.
+AUGMENTATION_DEFAULTS: dict[str, Any] = {
+    "rotation_range": 0,
+    "width_shift_range": 0.0,
+    "height_shift_range": 0.0,
+    "brightness_range": None,
+    "shear_range": 0.0,
+    "zoom_range": 0.0,
+    "channel_shift_range": 0.0,
+    "fill_mode": "nearest",
+    "cval": 0.0,
+    "horizontal_flip": False,
+    "vertical_flip": False,
+    "interpolation_order": 1,
+}
+
+
+class ImageDataGenerator:
+    """Keras' ImageDataGenerator, backed by `jaxscale.scaling` on device.
+
+    Args:
+      featurewise_center, samplewise_center, featurewise_std_normalization,
+      samplewise_std_normalization, zca_whitening, zca_epsilon, rescale,
+      preprocessing_function, data_format: as in Keras (see `ScalingConfig`);
+        data_format None means "channels_last".
+      validation_split: fraction of the data `flow(subset="validation")` yields, taken from
+        the start of the array as Keras does.
+      dtype: output dtype, "float32" (default) or "bfloat16".
+      statistics_scope: featurewise statistics per "channel" (Keras), "pixel" or "global".
+      The augmentation keywords (rotation_range, ..., interpolation_order) are accepted with
+      their default values only, for now.
+    """
+
+    def __init__(self, featurewise_center=False, samplewise_center=False,
+                 featurewise_std_normalization=False, samplewise_std_normalization=False,
+                 zca_whitening=False, zca_epsilon=1e-6, rescale=None,
+                 preprocessing_function=None, data_format=None, validation_split=0.0,
+                 dtype=None, statistics_scope="channel", **augmentation):
+        unknown = set(augmentation) - set(AUGMENTATION_DEFAULTS)
+        if unknown:
+            raise TypeError(f"ImageDataGenerator got unexpected keyword(s) {sorted(unknown)}")
+        active = {k: v for k, v in augmentation.items() if v != AUGMENTATION_DEFAULTS[k]}
+        if active:
+            raise NotImplementedError(
+                f"augmentation keywords {sorted(active)} are not supported yet by "
+                "jaxscale.ImageDataGenerator; they would otherwise be silently ignored")
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(
+                f"validation_split must be in [0, 1), got {validation_split}")
+        self.config = ScalingConfig(
+            rescale=rescale, samplewise_center=samplewise_center,
+            samplewise_std_normalization=samplewise_std_normalization,
+            featurewise_center=featurewise_center,
+            featurewise_std_normalization=featurewise_std_normalization,
+            zca_whitening=zca_whitening, zca_epsilon=zca_epsilon,
+            preprocessing_function=preprocessing_function,
+            statistics_scope=statistics_scope,
+            data_format=data_format or "channels_last",
+            dtype=dtype or "float32")
+        self.validation_split = validation_split
+        self.params: ScalingParams | None = None if self.config.needs_fit else ScalingParams()
+
+    # Keras-shaped views of the fitted numbers, for code that reads them.
+    @property
+    def mean(self) -> np.ndarray | None:
+        """Fitted featurewise mean, shaped like Keras' ([1, 1, C] or [C, 1, 1]), or None."""
+        return self._keras_shaped(None if self.params is None else self.params.mean)
+
+    @property
+    def std(self) -> np.ndarray | None:
+        """Fitted featurewise std, shaped like Keras', or None."""
+        return self._keras_shaped(None if self.params is None else self.params.std)
+
+    @property
+    def zca_whitening_matrix(self) -> np.ndarray | None:
+        return None if self.params is None or self.params.zca_matrix is None else np.asarray(
+            self.params.zca_matrix)
+
+    def _keras_shaped(self, stat):
+        if stat is None:
+            return None
+        stat = np.asarray(stat)
+        if stat.ndim == 1:
+            shape = [1, 1, 1]
+            shape[channel_axis(self.config.data_format) - 1] = stat.shape[0]
+            return stat.reshape(shape)
+        if stat.ndim == 3 and self.config.data_format == "channels_first":
+            return np.transpose(stat, (2, 0, 1))
+        return stat
+
+    @property
+    def data_format(self) -> str:
+        return self.config.data_format
+
+    def fit(self, x, augment: bool = False, rounds: int = 1, seed: int | None = None,
+            *, batch_size: int = 8192, progress: bool = False) -> "ImageDataGenerator":
+        """Computes the featurewise statistics (and ZCA matrix) on device.
+
+        Args:
+          x: uint8 or float[N, H, W, C] (or channels_first), NumPy or JAX.
+          augment: fit on `rounds` augmented passes over `x` (as Keras).
+          rounds: number of passes when augmenting.
+          seed: seed of the augmentation.
+          batch_size: images per device step.
+          progress: show a progress bar.
+
+        Returns:
+          self, with `params` (and Keras-shaped `mean`, `std`, `zca_whitening_matrix`) set.
+        """
+        check_images(x, self.config.data_format, name="x")
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        data = x
+        if augment and rounds > 1:
+            # No augmentation is configured: every round is the identity transform.
+            data = (x[s:s + batch_size] for _ in range(rounds)
+                    for s in range(0, x.shape[0], batch_size))
+        self.params = scaling.fit_scaling(self.config, data, batch_size=batch_size,
+                                          progress=progress)
+        return self
+
+    def _require_fit(self):
+        if self.params is None:
+            raise ValueError(
+                "This ImageDataGenerator uses featurewise_center, "
+                "featurewise_std_normalization or zca_whitening but has not been fit: call "
+                ".fit(train_images) first")
+
+    def standardize(self, x) -> jax.Array:
+        """Scales a batch [N, H, W, C] (or one image [H, W, C]); returns a new array."""
+        self._require_fit()
+        single = np.ndim(x) == 3
+        batch = jnp.asarray(x)[None] if single else x
+        out = scaling.scale_jit(batch, self.config, self.params)
+        return out[0] if single else out
+
+    def flow(self, x, y=None, batch_size: int = 32, shuffle: bool = True,
+             sample_weight=None, seed: int | None = None, subset: str | None = None
+             ) -> "FlowIterator":
+        """An endless iterator of scaled batches (x, y[, sample_weight]), as Keras' flow.
+
+        `len()` is the number of batches per epoch; the order is reshuffled every epoch from
+        `seed`; the last batch of an epoch is smaller when N is not a multiple of batch_size.
+        """
+        self._require_fit()
+        check_images(x, self.config.data_format, name="x")
+        n = x.shape[0]
+        for name, other in (("y", y), ("sample_weight", sample_weight)):
+            if other is not None and len(other) != n:
+                raise ValueError(f"x and {name} must have the same length: "
+                                 f"{n} != {len(other)}")
+        if subset is not None:
+            if subset not in ("training", "validation"):
+                raise ValueError(f"subset must be 'training' or 'validation', got {subset!r}")
+            if not self.validation_split:
+                raise ValueError("subset needs validation_split > 0 in the constructor")
+            split = int(n * self.validation_split)
+            part = slice(0, split) if subset == "validation" else slice(split, n)
+            x = x[part]
+            y = None if y is None else y[part]
+            sample_weight = None if sample_weight is None else sample_weight[part]
+        return FlowIterator(x, y, sample_weight, config=self.config, params=self.params,
+                            batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "config"))
+def _gather_and_scale(images, extras, order, start, params, *, size: int,
+                      config: ScalingConfig):
+    """Rows order[start:start+size] of images (scaled) and of every array in extras."""
+    rows = jax.lax.dynamic_slice_in_dim(order, start, size)
+    batch = scaling.scale(jnp.take(images, rows, axis=0), config, params)
+    return batch, tuple(jnp.take(e, rows, axis=0) for e in extras)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "shuffle"))
+def _epoch_order(key, epoch, *, n: int, shuffle: bool):
+    if not shuffle:
+        return jnp.arange(n, dtype=jnp.int32)
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(jnp.int32)
+
+
+class FlowIterator:
+    """Iterator over scaled batches of a device-resident array (see `ImageDataGenerator.flow`).
+
+    One compiled function gathers and scales a batch; it compiles once for the full batch
+    shape and once more for the last, smaller batch of an epoch, never per batch.
+    """
+
+    def __init__(self, x, y, sample_weight, *, config: ScalingConfig,
+                 params: ScalingParams, batch_size: int, shuffle: bool, seed: int | None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.images = jnp.asarray(x)
+        self.extras = tuple(jnp.asarray(a) for a in (y, sample_weight) if a is not None)
+        self.n = int(self.images.shape[0])
+        if self.n == 0:
+            raise ValueError("flow got no images")
+        self.config, self.params = config, params
+        self.batch_size, self.shuffle = batch_size, shuffle
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        self.key = jax.random.PRNGKey(seed)
+        self.epoch, self.batch_index = 0, 0
+        self._order = None
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        return self
+
+    def reset(self) -> None:
+        """Starts the next batch at the beginning of a new epoch."""
+        self.batch_index = 0
+        self._order = None
+
+    def __next__(self):
+        if self._order is None:
+            self._order = _epoch_order(self.key, self.epoch, n=self.n, shuffle=self.shuffle)
+        start = self.batch_index * self.batch_size
+        size = min(self.batch_size, self.n - start)
+        batch, extras = _gather_and_scale(self.images, self.extras, self._order, start,
+                                          self.params, size=size, config=self.config)
+        self.batch_index += 1
+        if self.batch_index >= len(self):
+            self.batch_index, self._order = 0, None
+            self.epoch += 1
+        return (batch, *extras) if extras else batch

@@ -1,0 +1,164 @@
+"""The Keras-compatible facade: fit / standardize / flow, against Keras 3 where installed."""
+
+import os
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+import jaxscale
+from jaxscale import generator
+from tests.reference import reference_scale
+
+
+def digits(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 6, 6, 1)).astype(np.uint8), np.arange(n, dtype=np.int32)
+
+
+def test_flow_yields_every_image_once_per_epoch_scaled():
+    x, y = digits(50)
+    gen = jaxscale.ImageDataGenerator(featurewise_center=True,
+                                      featurewise_std_normalization=True).fit(x)
+    flow = gen.flow(x, y, batch_size=16, seed=3)
+    assert len(flow) == 4
+    batches = [next(flow) for _ in range(len(flow))]
+    assert [b[0].shape[0] for b in batches] == [16, 16, 16, 2]
+    labels = np.concatenate([np.asarray(b[1]) for b in batches])
+    assert sorted(labels.tolist()) == list(range(50))
+    images = np.concatenate([np.asarray(b[0]) for b in batches])
+    expected = reference_scale(x, gen.config, x)[labels]
+    np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flow_order_is_reproducible_and_differs_per_epoch():
+    x, y = digits(40)
+    gen = jaxscale.ImageDataGenerator(rescale=1 / 255)
+
+    def epoch_labels(flow):
+        return np.concatenate([np.asarray(next(flow)[1]) for _ in range(len(flow))])
+
+    a, b = gen.flow(x, y, batch_size=8, seed=7), gen.flow(x, y, batch_size=8, seed=7)
+    first_a, first_b = epoch_labels(a), epoch_labels(b)
+    np.testing.assert_array_equal(first_a, first_b)
+    assert not np.array_equal(first_a, epoch_labels(a))
+    unshuffled = gen.flow(x, y, batch_size=8, shuffle=False)
+    np.testing.assert_array_equal(epoch_labels(unshuffled), np.arange(40))
+
+
+def test_flow_does_not_recompile_per_batch():
+    x, y = digits(50)
+    gen = jaxscale.ImageDataGenerator(samplewise_center=True)
+    before = generator._gather_and_scale._cache_size()
+    flow = gen.flow(x, y, batch_size=16, seed=0)
+    for _ in range(3 * len(flow)):  # three epochs
+        next(flow)[0].block_until_ready()
+    # one compilation for the full batch, one for the last partial batch, none per batch
+    assert generator._gather_and_scale._cache_size() - before <= 2
+
+
+def test_flow_without_labels_yields_arrays_and_with_weights_triples():
+    x, y = digits(10)
+    gen = jaxscale.ImageDataGenerator()
+    assert next(gen.flow(x, batch_size=4)).shape == (4, 6, 6, 1)
+    batch = next(gen.flow(x, y, batch_size=4, sample_weight=np.ones(10)))
+    assert len(batch) == 3
+
+
+def test_validation_split_takes_the_start_as_keras():
+    x, y = digits(20)
+    gen = jaxscale.ImageDataGenerator(validation_split=0.25)
+    val = gen.flow(x, y, batch_size=100, shuffle=False, subset="validation")
+    train = gen.flow(x, y, batch_size=100, shuffle=False, subset="training")
+    np.testing.assert_array_equal(np.asarray(next(val)[1]), np.arange(5))
+    np.testing.assert_array_equal(np.asarray(next(train)[1]), np.arange(5, 20))
+
+
+def test_standardize_single_image_and_batch():
+    x, _ = digits(12)
+    gen = jaxscale.ImageDataGenerator(samplewise_center=True,
+                                      samplewise_std_normalization=True)
+    batch = np.asarray(gen.standardize(x))
+    one = np.asarray(gen.standardize(x[3]))
+    np.testing.assert_allclose(one, batch[3], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(batch.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("keyword, value", [
+    ("rotation_range", 8), ("width_shift_range", 0.1), ("zoom_range", 0.1),
+    ("horizontal_flip", True), ("brightness_range", (0.5, 1.5)), ("fill_mode", "wrap"),
+])
+def test_augmentation_keywords_are_not_silently_ignored(keyword, value):
+    with pytest.raises(NotImplementedError, match=keyword):
+        jaxscale.ImageDataGenerator(**{keyword: value})
+
+
+def test_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match="rotation"):
+        jaxscale.ImageDataGenerator(rotation=3)
+
+
+def test_featurewise_before_fit_is_an_error():
+    x, _ = digits()
+    gen = jaxscale.ImageDataGenerator(featurewise_center=True)
+    for call in (lambda: gen.standardize(x), lambda: gen.flow(x)):
+        with pytest.raises(ValueError, match=r"\.fit"):
+            call()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"validation_split": 1.0}, "validation_split"),
+    ({"data_format": "NCHW"}, "data_format"),
+])
+def test_bad_constructor_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        jaxscale.ImageDataGenerator(**kwargs)
+
+
+def test_flow_rejects_mismatched_labels_and_bad_subset():
+    x, y = digits(10)
+    gen = jaxscale.ImageDataGenerator(validation_split=0.2)
+    with pytest.raises(ValueError, match="same length"):
+        gen.flow(x, y[:5])
+    with pytest.raises(ValueError, match="subset"):
+        gen.flow(x, y, subset="test")
+
+
+def test_fit_with_identity_augmentation_rounds_keeps_statistics():
+    x, _ = digits(30)
+    once = jaxscale.ImageDataGenerator(featurewise_center=True).fit(x)
+    thrice = jaxscale.ImageDataGenerator(featurewise_center=True).fit(
+        x, augment=True, rounds=3, batch_size=8)
+    assert int(thrice.params.stats.count) == 90
+    np.testing.assert_allclose(thrice.mean, once.mean, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"rescale": 1 / 255},
+    {"featurewise_center": True, "featurewise_std_normalization": True},
+    {"samplewise_center": True, "samplewise_std_normalization": True},
+])
+def test_flow_matches_keras_flow(kwargs):
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    legacy = pytest.importorskip("keras.src.legacy.preprocessing.image")
+    x, y = digits(40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras_gen = legacy.ImageDataGenerator(**kwargs)
+    keras_gen.fit(x.astype(np.float32))
+    keras_flow = keras_gen.flow(x.astype(np.float32), y, batch_size=16, shuffle=False)
+    ours = jaxscale.ImageDataGenerator(**kwargs).fit(x).flow(x, y, batch_size=16,
+                                                             shuffle=False)
+    assert len(ours) == len(keras_flow)
+    for _ in range(len(ours)):
+        (kx, ky), (ox, oy) = next(keras_flow), next(ours)
+        np.testing.assert_array_equal(np.asarray(oy), ky)
+        np.testing.assert_allclose(np.asarray(ox), kx, rtol=1e-5,
+                                   atol=1e-5 * max(1.0, float(np.abs(kx).max())))
+
+
+def test_flow_batches_live_on_device():
+    x, y = digits(8)
+    batch, labels = next(jaxscale.ImageDataGenerator().flow(x, y, batch_size=4))
+    assert isinstance(batch, jax.Array) and isinstance(labels, jax.Array)

@@ -1,0 +1,247 @@
+"""Scaling modes: float64 references, Keras 3 equivalence, errors, zero variance, jit."""
+
+import os
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxscale
+from jaxscale.scaling import MODES, ScalingConfig, ScalingParams, fit_scaling, scale, scale_jit
+from tests.reference import reference_scale, to_format
+
+FORMATS = ["channels_last", "channels_first"]
+
+
+def images_for(n=24, h=5, w=4, c=3, dtype=np.uint8, data_format="channels_last", seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, h, w, c))
+    x = x.astype(np.uint8) if dtype == np.uint8 else (x / 7.0).astype(dtype)
+    return to_format(x, data_format)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_every_mode_matches_float64_reference(mode, data_format, dtype, channels):
+    # n > H*W*C keeps the ZCA problem well conditioned for float32
+    x = images_for(n=96 if mode == "zca" else 24, c=channels, dtype=dtype,
+                   data_format=data_format)
+    config = jaxscale.scaling_config(mode, data_format=data_format)
+    params = fit_scaling(config, x, batch_size=10)
+    out = scale_jit(x, config, params)
+    assert out.dtype == jnp.float32 and out.shape == x.shape
+    expected = reference_scale(x, config, fit_images=x)
+    tol = 2e-4 if mode == "zca" else 1e-5
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=tol, atol=tol * max(
+        1.0, float(np.abs(expected).max()) * 0.01))
+
+
+@pytest.mark.parametrize("scope", ["channel", "pixel", "global"])
+def test_statistics_scope_changes_what_is_averaged(scope):
+    x = images_for(n=30, dtype=np.float32)
+    config = ScalingConfig(featurewise_center=True, featurewise_std_normalization=True,
+                           statistics_scope=scope)
+    out = np.asarray(scale(x, config, fit_scaling(config, x)))
+    axes = {"channel": (0, 1, 2), "pixel": (0,), "global": (0, 1, 2, 3)}[scope]
+    np.testing.assert_allclose(out.mean(axis=axes), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=axes), 1.0, atol=1e-4)
+    np.testing.assert_allclose(out, reference_scale(x, config, x), rtol=1e-5, atol=1e-5)
+
+
+def test_preprocessing_function_runs_first():
+    x = images_for(dtype=np.float32)
+    config = ScalingConfig(preprocessing_function=lambda im: im[:, ::-1], rescale=0.5,
+                           featurewise_center=True)
+    out = scale(x, config, fit_scaling(config, x))
+    np.testing.assert_allclose(out, reference_scale(x, config, x), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_output():
+    x = images_for()
+    config = jaxscale.scaling_config("standardize", dtype="bfloat16")
+    out = scale_jit(x, config, fit_scaling(config, x))
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), reference_scale(x, config, x),
+                               atol=0.02)
+
+
+@pytest.mark.parametrize("mode", ["standardize", "sample_standardize", "center", "zca"])
+def test_zero_variance_channels_stay_finite(mode):
+    x = images_for(n=40, c=3)
+    x[..., 0] = 0      # an all-black channel
+    x[5] = 17          # a constant image
+    config = jaxscale.scaling_config(mode)
+    out = np.asarray(scale_jit(x, config, fit_scaling(config, x)))
+    assert np.isfinite(out).all()
+    if mode == "sample_standardize":
+        np.testing.assert_array_equal(out[5], 0.0)
+
+
+def test_featurewise_mode_without_fit_is_an_error():
+    with pytest.raises(ValueError, match="fit_scaling"):
+        scale(images_for(), MODES["standardize"])
+    with pytest.raises(ValueError, match="fit_scaling"):
+        scale(images_for(), MODES["zca"], ScalingParams())
+
+
+def test_statistics_for_other_channel_count_are_rejected():
+    config = MODES["standardize"]
+    params = fit_scaling(config, images_for(c=3))
+    with pytest.raises(ValueError, match=r"shape \(3,\).*need \(1,\)"):
+        scale(images_for(c=1), config, params)
+
+
+def test_zca_for_other_image_size_is_rejected():
+    config = MODES["zca"]
+    params = fit_scaling(config, images_for(n=80, h=4, w=4, c=1))
+    with pytest.raises(ValueError, match="ZCA matrix"):
+        scale(images_for(h=5, w=4, c=1), config, params)
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((4, 4, 3)), "rank-4"),
+    (np.zeros((2, 4, 4, 2)), "2 channels"),
+    (np.zeros((2, 4, 4, 5)), "5 channels"),
+    (np.zeros((0, 4, 4, 3)), "empty"),
+    (np.array([[[[np.inf]]]], np.float32), "NaN or inf"),
+])
+def test_bad_images_raise(images, message):
+    with pytest.raises(ValueError, match=message):
+        scale(images, MODES["normalize"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dtype": "float16"}, "dtype"),
+    ({"data_format": "NHWC"}, "data_format"),
+    ({"statistics_scope": "row"}, "statistics_scope"),
+    ({"zca_epsilon": -1.0}, "zca_epsilon"),
+    ({"rescale": float("nan")}, "rescale"),
+])
+def test_bad_config_raises(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ScalingConfig(**kwargs)
+
+
+def test_unknown_mode_name_lists_known_ones():
+    with pytest.raises(ValueError, match="standardize"):
+        jaxscale.scaling_config("whiten")
+
+
+@pytest.mark.parametrize("kwargs, implied", [
+    ({"zca_whitening": True}, {"featurewise_center": True}),
+    ({"zca_whitening": True, "featurewise_std_normalization": True},
+     {"featurewise_center": True, "featurewise_std_normalization": False}),
+    ({"featurewise_std_normalization": True}, {"featurewise_center": True}),
+    ({"samplewise_std_normalization": True}, {"samplewise_center": True}),
+])
+def test_keras_flag_implications_warn_and_apply(kwargs, implied):
+    with pytest.warns(UserWarning, match="overrides"):
+        config = ScalingConfig(**kwargs)
+    for field, value in implied.items():
+        assert getattr(config, field) is value
+
+
+def test_zca_refuses_huge_feature_counts():
+    x = np.zeros((2, 128, 128, 3), np.uint8)
+    x[1] = 1
+    with pytest.raises(ValueError, match="Downscale"):
+        fit_scaling(MODES["zca"], x)
+
+
+def test_fit_on_iterable_of_batches_equals_fit_on_array():
+    x = images_for(n=50)
+    config = MODES["standardize"]
+    whole = fit_scaling(config, x)
+    streamed = fit_scaling(config, (x[i:i + 8] for i in range(0, 50, 8)))
+    np.testing.assert_allclose(streamed.mean, whole.mean, rtol=1e-6)
+    np.testing.assert_allclose(streamed.std, whole.std, rtol=1e-6)
+
+
+class JitAndEagerAgree(chex.TestCase):
+    """The same scaling under jit and without it (chex variants)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_modes(self):
+        x = images_for()
+        for mode in ("normalize", "sample_standardize", "standardize", "zca"):
+            config = MODES[mode]
+            params = fit_scaling(config, x)
+            got = self.variant(lambda images, p: scale(images, config, p))(x, params)
+            np.testing.assert_allclose(np.asarray(got), reference_scale(x, config, x),
+                                       rtol=2e-4, atol=2e-4)
+
+
+def test_scale_jit_compiles_once_per_shape():
+    config = MODES["standardize"]
+    x = images_for(n=16)
+    params = fit_scaling(config, x)
+    fn = jax.jit(lambda images, p: scale(images, config, p))
+    for seed in range(5):
+        fn(images_for(n=16, seed=seed), params).block_until_ready()
+    assert fn._cache_size() == 1
+
+
+# ---- the system we replace: Keras 3 legacy ImageDataGenerator, applied per image ----
+
+
+
+def keras_generator(**kwargs):
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    legacy = pytest.importorskip("keras.src.legacy.preprocessing.image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return legacy.ImageDataGenerator(**kwargs)
+
+
+KERAS_MODES = {
+    "normalize": {"rescale": 1 / 255},
+    "center": {"featurewise_center": True},
+    "standardize": {"featurewise_center": True, "featurewise_std_normalization": True},
+    "sample_center": {"samplewise_center": True},
+    "sample_standardize": {"samplewise_center": True, "samplewise_std_normalization": True},
+    "zca": {"zca_whitening": True},
+    "rescaled_standardize": {"rescale": 1 / 255, "featurewise_center": True,
+                             "featurewise_std_normalization": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_MODES))
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_same_numbers_as_keras(name, data_format):
+    kwargs = KERAS_MODES[name]
+    x = images_for(n=80, h=4, w=4, c=3, data_format=data_format)
+    keras_gen = keras_generator(data_format=data_format, **kwargs)
+    keras_gen.fit(x.astype(np.float32))
+    expected = np.stack([keras_gen.standardize(img.astype(np.float32).copy()) for img in x])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = jaxscale.ImageDataGenerator(data_format=data_format, **kwargs).fit(x)
+    got = np.asarray(ours.standardize(x))
+    tol = 1e-4 if name == "zca" else 1e-5
+    # float32 on both sides: allow 1e-5 of the data's magnitude (one rounding of x - mean)
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * max(
+        1.0, float(np.abs(expected).max())))
+    if keras_gen.mean is not None:
+        np.testing.assert_allclose(ours.mean, keras_gen.mean, rtol=1e-5)
+    if keras_gen.std is not None:
+        np.testing.assert_allclose(ours.std, keras_gen.std, rtol=1e-5)
+
+
+def test_where_keras_is_inconsistent_we_center_the_fitted_data():
+    # Keras' fit ignores the samplewise steps that standardize applies before the featurewise
+    # ones, so its "standardized" training data is not centred. Ours is.
+    x = images_for(n=60, h=4, w=4, c=3) + np.arange(60, dtype=np.uint8)[:, None, None, None]
+    kwargs = {"samplewise_center": True, "featurewise_center": True,
+              "featurewise_std_normalization": True}
+    keras_gen = keras_generator(**kwargs)
+    keras_gen.fit(x.astype(np.float32))
+    keras_out = np.stack([keras_gen.standardize(img.astype(np.float32).copy()) for img in x])
+    ours = np.asarray(jaxscale.ImageDataGenerator(**kwargs).fit(x).standardize(x))
+    np.testing.assert_allclose(ours.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(ours.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
+    assert np.abs(keras_out.mean(axis=(0, 1, 2))).max() > 0.1
