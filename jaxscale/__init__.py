@@ -19,6 +19,8 @@ from jaxscale.scaling import (
     ScalingConfig,
     ScalingParams,
     fit_scaling,
+    load_scaling,
+    save_scaling,
     scale,
     scale_jit,
     scaling_config,

@@ -392,3 +392,56 @@ def iter_batches(images, batch_size: int) -> Iterable:
     """Plain consecutive slices of an array (the streaming form `fit_scaling` accepts)."""
     for start in range(0, images.shape[0], batch_size):
         yield images[start:start + batch_size]
+
+
+_CONFIG_FIELDS = ("rescale", "samplewise_center", "samplewise_std_normalization",
+                  "featurewise_center", "featurewise_std_normalization", "zca_whitening",
+                  "zca_epsilon", "statistics_scope", "data_format", "dtype")
+
+
+def save_scaling(path, config: ScalingConfig, params: ScalingParams) -> None:
+    """Writes a config and its fitted numbers to one `.npz`, to serve a model as trained.
+
+    A `preprocessing_function` cannot be stored (it is code): it is refused here, and the
+    caller passes it again to `load_scaling`.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"scaling files end in .npz, got {path.name!r}")
+    if config.preprocessing_function is not None:
+        raise ValueError("a preprocessing_function is code and cannot be saved; save the "
+                         "config without it and pass it to load_scaling(..., "
+                         "preprocessing_function=...)")
+    arrays = {name: np.asarray(getattr(params, name))
+              for name in ("mean", "std", "zca_matrix") if getattr(params, name) is not None}
+    if params.stats is not None:
+        arrays.update({f"stats_{k}": np.asarray(getattr(params.stats, k))
+                       for k in ("count", "mean_hi", "mean_lo", "m2_hi", "m2_lo")})
+    meta = {"config": {k: getattr(config, k) for k in _CONFIG_FIELDS},
+            "stats": None if params.stats is None else {
+                "scope": params.stats.scope,
+                "elements_per_image": params.stats.elements_per_image}}
+    np.savez(path, meta=json.dumps(meta), **arrays)
+
+
+def load_scaling(path, *, preprocessing_function: Callable | None = None
+                 ) -> tuple[ScalingConfig, ScalingParams]:
+    """Reads what `save_scaling` wrote: (config, params)."""
+    import json
+
+    with np.load(path) as archive:
+        meta = json.loads(str(archive["meta"]))
+        arrays = {k: jnp.asarray(archive[k]) for k in archive.files if k != "meta"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flag implications were already applied when saved
+        config = ScalingConfig(preprocessing_function=preprocessing_function, **meta["config"])
+    stats = None
+    if meta["stats"] is not None:
+        stats = statistics.DatasetStats(
+            **{k: arrays[f"stats_{k}"] for k in ("count", "mean_hi", "mean_lo", "m2_hi",
+                                                  "m2_lo")}, **meta["stats"])
+    return config, ScalingParams(mean=arrays.get("mean"), std=arrays.get("std"),
+                                 zca_matrix=arrays.get("zca_matrix"), stats=stats)

@@ -245,3 +245,21 @@ def test_where_keras_is_inconsistent_we_center_the_fitted_data():
     np.testing.assert_allclose(ours.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(ours.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
     assert np.abs(keras_out.mean(axis=(0, 1, 2))).max() > 0.1
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_save_and_load_scaling_reproduces_outputs(tmp_path, mode):
+    x = images_for(n=80, h=4, w=4)
+    config = jaxscale.scaling_config(mode, data_format="channels_last")
+    params = fit_scaling(config, x)
+    jaxscale.save_scaling(tmp_path / "scaling.npz", config, params)
+    loaded_config, loaded_params = jaxscale.load_scaling(tmp_path / "scaling.npz")
+    assert loaded_config == config
+    np.testing.assert_array_equal(np.asarray(scale(x, loaded_config, loaded_params)),
+                                  np.asarray(scale(x, config, params)))
+
+
+def test_save_scaling_refuses_code():
+    config = ScalingConfig(preprocessing_function=lambda im: im)
+    with pytest.raises(ValueError, match="preprocessing_function"):
+        jaxscale.save_scaling("unused.npz", config, ScalingParams())
