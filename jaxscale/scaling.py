@@ -343,7 +343,7 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int = 8192,
     if hasattr(images, "shape"):
         check_images(images, config.data_format)
         batch_size = min(batch_size, images.shape[0])
-        batches = statistics._padded_batches(images, batch_size)
+        batches = statistics.padded_batches(images, batch_size)
         total = -(-images.shape[0] // batch_size)
     else:
         batches = ((b, np.ones(b.shape[0], bool)) for b in images)

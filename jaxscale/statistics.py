@@ -255,7 +255,7 @@ def compute_stats(images, *, scope: Scope = "channel",
         check_images(images, data_format)
         n = images.shape[0]
         batch_size = n if batch_size is None else min(batch_size, n)
-        batches = _padded_batches(images, batch_size)
+        batches = padded_batches(images, batch_size)
         total = -(-n // batch_size)
     else:
         batches = ((b, None) for b in images)
@@ -283,7 +283,7 @@ def compute_stats(images, *, scope: Scope = "channel",
     return stats
 
 
-def _padded_batches(images, batch_size: int):
+def padded_batches(images, batch_size: int):
     """Yields (batch, mask) with every batch of `batch_size` rows; the last is zero-padded."""
     n = images.shape[0]
     for start in range(0, n, batch_size):
