@@ -34,7 +34,7 @@ reproduce: install
 	$(PY) -m benchmarks.reproduce
 
 lint: install
-	shellcheck scripts/*.sh
+	$(VENV)/bin/shellcheck scripts/*.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
