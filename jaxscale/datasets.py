@@ -335,24 +335,41 @@ def _load_tfds(name: str, split: str, data_dir, *, shard: tuple[int, int] | None
         raise ValueError(f"{name}'s images have shape {image_shape}; load_dataset needs a "
                          "fixed [H, W, C] (resize variable-size datasets with a tfds pipeline)")
     base = split.split("[")[0]
-    if base not in info.splits:
+    if info.splits and base not in info.splits:
         raise ValueError(f"{name} has splits {sorted(info.splits)}, got split {split!r}")
     read = split
-    if validation is not None:
+    # Slice in tfds when split sizes are known (only that part is read); without metadata
+    # (e.g. under tfds.testing.mock_data) read the split and slice the arrays.
+    sliced_by_tfds = bool(info.splits)
+    if validation is not None and sliced_by_tfds:
         fraction, subset = validation
         if "[" in split:
             raise ValueError("validation_split needs a whole split name such as 'train', "
                              f"got {split!r}")
         n_val = int(info.splits[split].num_examples * fraction)
         read = f"{split}[:{n_val}]" if subset == "validation" else f"{split}[{n_val}:]"
-    if shard is not None:
-        index, count = shard
-        read = tfds.even_splits(read, n=count, drop_remainder=True)[index]
-    images, labels = tfds.as_numpy(builder.as_dataset(split=read, batch_size=-1,
-                                                      as_supervised=True))
-    num_classes = info.features[label_key].num_classes
-    return Dataset(np.asarray(images, np.uint8), np.asarray(labels, np.int32), name, split,
-                   int(num_classes))
+    if shard is not None and sliced_by_tfds:
+        read = tfds.even_splits(read, n=shard[1], drop_remainder=True)[shard[0]]
+    if sliced_by_tfds:
+        images, labels = tfds.as_numpy(builder.as_dataset(split=read, batch_size=-1,
+                                                          as_supervised=True))
+    else:
+        # batch_size=-1 means "the split's size", unknown here: read in finite batches.
+        parts = list(tfds.as_numpy(builder.as_dataset(split=read, batch_size=4096,
+                                                      as_supervised=True)))
+        if not parts:
+            raise ValueError(f"{name} split {read!r} is empty")
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+    num_classes = int(info.features[label_key].num_classes)
+    dataset = Dataset(np.asarray(images, np.uint8), np.asarray(labels, np.int32), name, split,
+                      num_classes)
+    if not sliced_by_tfds:
+        if validation is not None:
+            dataset = dataset.take(_validation_rows(len(dataset), validation))
+        if shard is not None:
+            dataset = dataset.take(_shard_rows(len(dataset), *shard))
+    return dataset
 
 
 def _tfds_available() -> bool:
