@@ -1,0 +1,281 @@
+"""jaxscale.augmentation against jnp.roll / jnp.rot90, hand-made fills, scipy and Keras."""
+
+import numpy as np
+import pytest
+import scipy.ndimage
+
+import jax
+import jax.numpy as jnp
+
+from jaxscale import augmentation as aug
+from jaxscale.augmentation import AugmentConfig, Transforms
+
+MODES = ("constant", "nearest", "reflect", "wrap", "grid-wrap")
+KERAS_MODES = ("constant", "nearest", "reflect", "wrap")
+
+
+def random_images(n=4, h=12, w=12, c=1, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, h, w, c))
+    return (x * 255).astype(np.uint8) if dtype == np.uint8 else x.astype(dtype)
+
+
+def one(**params):
+    """Transforms for a single image from Keras-style parameters."""
+    return aug.transforms_from_dicts([params])
+
+
+def keras_image_module():
+    pytest.importorskip("keras")
+    from keras.src.legacy.preprocessing import image as keras_image
+    return keras_image
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_identity_config_only_converts_to_float32(dtype, data_format):
+    x = random_images(3, 5, 7, 3, dtype=dtype)
+    if data_format == "channels_first":
+        x = np.transpose(x, (0, 3, 1, 2))
+    config = AugmentConfig(data_format=data_format)
+    assert config.is_identity
+    out = aug.augment_jit(jax.random.PRNGKey(0), x, config)
+    assert out.dtype == jnp.float32 and out.shape == x.shape
+    np.testing.assert_array_equal(np.asarray(out), x.astype(np.float32))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("order", [0, 1])
+def test_identity_transform_with_geometry_enabled_is_exact(mode, order):
+    x = random_images(2, 6, 9)
+    config = AugmentConfig(rotation_range=30, fill_mode=mode, interpolation_order=order)
+    out = aug.apply_transforms(x, Transforms.identity(2), config)
+    np.testing.assert_allclose(np.asarray(out), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("tx,ty", [(2, 0), (0, -3), (3, 1), (-1, -2)])
+def test_integer_shifts_equal_roll_in_the_interior(mode, order, tx, ty):
+    x = random_images(1, 10, 11)
+    config = AugmentConfig(width_shift_range=5, fill_mode=mode, interpolation_order=order)
+    out = np.asarray(aug.apply_transforms(x, one(tx=tx, ty=ty), config))[0]
+    # tx moves the content left by tx columns, ty up by ty rows (Keras' apply_transform).
+    rolled = np.asarray(jnp.roll(x[0], (-ty, -tx), axis=(0, 1)))
+    inner = (slice(3, -3), slice(3, -3))
+    np.testing.assert_allclose(out[inner], rolled[inner], atol=1e-5)
+
+
+@pytest.mark.parametrize("theta,k", [(90, 1), (-90, -1), (180, 2), (270, 3)])
+def test_right_angle_rotations_equal_rot90_counter_clockwise(theta, k):
+    x = random_images(1, 9, 9, 2)
+    config = AugmentConfig(rotation_range=360, fill_mode="constant", cval=-1.0)
+    out = np.asarray(aug.apply_transforms(x, one(theta=theta), config))[0]
+    np.testing.assert_allclose(out, np.rot90(x[0], k, axes=(0, 1)), atol=1e-5)
+
+
+def test_rotation_direction_is_keras_direction():
+    keras_image = keras_image_module()
+    x = np.zeros((7, 7, 1), np.float32)
+    x[0, 2, 0] = 1.0  # an asymmetric mark: the direction shows
+    expected = keras_image.apply_affine_transform(
+        x, theta=90, row_axis=0, col_axis=1, channel_axis=2, fill_mode="constant", order=1)
+    out = np.asarray(aug.apply_transforms(x[None], one(theta=90),
+                                          AugmentConfig(rotation_range=90)))[0]
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    np.testing.assert_allclose(out, np.rot90(x, 1, axes=(0, 1)), atol=1e-5)
+    assert not np.allclose(out, np.rot90(x, -1, axes=(0, 1)))
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("constant", [9, 9, 1, 2, 3]),
+    ("nearest", [1, 1, 1, 2, 3]),
+    ("reflect", [2, 1, 1, 2, 3]),    # d c b a | a b c d
+    ("wrap", [3, 4, 1, 2, 3]),       # scipy/Keras: period n - 1
+    ("grid-wrap", [4, 5, 1, 2, 3]),  # period n, as jnp.roll
+])
+@pytest.mark.parametrize("order", [0, 1])
+def test_each_fill_mode_on_a_hand_made_image(mode, expected, order):
+    x = np.array([1, 2, 3, 4, 5], np.float32).reshape(1, 1, 5, 1)
+    config = AugmentConfig(width_shift_range=3, fill_mode=mode, cval=9.0,
+                           interpolation_order=order)
+    out = aug.apply_transforms(x, one(tx=-2), config)  # content moves right by 2
+    np.testing.assert_allclose(np.asarray(out).reshape(5), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("hw", [(12, 12), (9, 14)])
+def test_resample_agrees_with_scipy_affine_transform(mode, order, hw):
+    rng = np.random.default_rng(1)
+    x = rng.random(hw + (2,)).astype(np.float32)
+    config = AugmentConfig(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2,
+                           shear_range=20, zoom_range=0.3, horizontal_flip=True,
+                           vertical_flip=True)
+    transforms = aug.sample_transforms(jax.random.PRNGKey(3), 6, hw, config)
+    matrices = np.asarray(aug.transform_matrices(transforms, hw), np.float64)
+    for matrix in matrices:
+        ours = np.asarray(aug.resample(jnp.asarray(x), jnp.asarray(matrix, jnp.float32),
+                                       fill_mode=mode, cval=-2.0, order=order))
+        ref = np.stack([scipy.ndimage.affine_transform(
+            x[..., ch].astype(np.float64), matrix[:2, :2], matrix[:2, 2], order=order,
+            mode=mode, cval=-2.0) for ch in range(2)], axis=-1)
+        if order == 1:
+            np.testing.assert_allclose(ours, ref, atol=1e-4)
+        else:  # a coordinate within float32 error of a half-pixel may round either way
+            assert np.mean(np.abs(ours - ref) > 1e-4) < 0.01
+
+
+@pytest.mark.parametrize("mode", KERAS_MODES)
+def test_matches_keras_apply_affine_transform(mode):
+    keras_image = keras_image_module()
+    x = random_images(1, 16, 16, 3, seed=2)[0]
+    config = AugmentConfig(rotation_range=30, width_shift_range=0.2, height_shift_range=0.2,
+                           shear_range=15, zoom_range=0.25, fill_mode=mode, cval=0.5)
+    transforms = aug.sample_transforms(jax.random.PRNGKey(5), 5, (16, 16), config)
+    ours = np.asarray(aug.apply_transforms(np.repeat(x[None], 5, 0), transforms, config))
+    for i, p in enumerate(aug.transforms_to_dicts(transforms, config)):
+        expected = keras_image.apply_affine_transform(
+            x, p["theta"], p["tx"], p["ty"], p["shear"], p["zx"], p["zy"], row_axis=0,
+            col_axis=1, channel_axis=2, fill_mode=mode, cval=0.5, order=1)
+        np.testing.assert_allclose(ours[i], expected, atol=1e-4)
+
+
+def test_matches_keras_apply_transform_with_flips_and_channel_shift():
+    keras_image = keras_image_module()
+    config = AugmentConfig(rotation_range=20, width_shift_range=0.1, horizontal_flip=True,
+                           vertical_flip=True, channel_shift_range=40.0)
+    keras_gen = keras_image.ImageDataGenerator(
+        rotation_range=20, width_shift_range=0.1, horizontal_flip=True, vertical_flip=True,
+        channel_shift_range=40.0)
+    x = random_images(8, 10, 10, 3, seed=4) * 255
+    transforms = aug.sample_transforms(jax.random.PRNGKey(1), 8, (10, 10), config)
+    ours = np.asarray(aug.apply_transforms(x, transforms, config))
+    dicts = aug.transforms_to_dicts(transforms, config)
+    assert {d["flip_horizontal"] for d in dicts} == {True, False}
+    for i, p in enumerate(dicts):
+        np.testing.assert_allclose(ours[i], keras_gen.apply_transform(x[i], p), atol=2e-3)
+
+
+@pytest.mark.parametrize("flag,axis", [("horizontal_flip", 2), ("vertical_flip", 1)])
+def test_flips_are_exact_and_happen_half_the_time(flag, axis):
+    x = np.repeat(random_images(1, 6, 8), 400, axis=0)
+    out = np.asarray(aug.augment_jit(jax.random.PRNGKey(0), x, AugmentConfig(**{flag: True})))
+    flipped = np.all(np.isclose(out, np.flip(x, axis)), axis=(1, 2, 3))
+    same = np.all(np.isclose(out, x), axis=(1, 2, 3))
+    np.testing.assert_array_equal(flipped ^ same, True)
+    assert 0.42 < flipped.mean() < 0.58
+
+
+def test_brightness_multiplies_clips_and_varies_per_sample():
+    x = np.full((300, 4, 4, 1), 100, np.uint8)
+    x[:, 0, 0] = 200
+    out = np.asarray(aug.augment_jit(jax.random.PRNGKey(2), x,
+                                     AugmentConfig(brightness_range=(0.5, 1.5))))
+    factors = out[:, 1, 1, 0] / 100.0
+    assert 0.5 <= factors.min() < 0.55 and 1.45 < factors.max() <= 1.5
+    assert abs(factors.mean() - 1.0) < 0.05
+    np.testing.assert_allclose(out[:, 0, 0, 0], np.minimum(200 * factors, 255), rtol=1e-5)
+    assert len(np.unique(np.round(factors, 5))) == 300
+
+
+def test_channel_shift_adds_one_intensity_clipped_to_the_image_range():
+    rng = np.random.default_rng(0)
+    x = np.repeat(rng.uniform(50, 150, (1, 5, 5, 3)).astype(np.float32), 300, axis=0)
+    x[:, 0, 0, :] = [0.0, 255.0, 100.0]
+    out = np.asarray(aug.augment_jit(jax.random.PRNGKey(4), x,
+                                     AugmentConfig(channel_shift_range=30.0)))
+    shifts = out[:, 2, 2, 0] - x[:, 2, 2, 0]
+    assert -30 <= shifts.min() < -27 and 27 < shifts.max() <= 30
+    expected = np.clip(x + shifts[:, None, None, None], 0.0, 255.0)
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    assert len(np.unique(np.round(shifts, 4))) == 300
+
+
+def test_sampled_parameters_cover_their_ranges():
+    config = AugmentConfig(rotation_range=8, width_shift_range=0.08, height_shift_range=0.25,
+                           shear_range=0.3, zoom_range=(0.8, 1.1))
+    t = jax.tree_util.tree_map(np.asarray, aug.sample_transforms(
+        jax.random.PRNGKey(0), 20000, (28, 40), config))
+    for values, lo, hi in [(t.theta, -8, 8), (t.shear, -0.3, 0.3), (t.zx, 0.8, 1.1),
+                           (t.zy, 0.8, 1.1), (t.tx, -0.08 * 40, 0.08 * 40),
+                           (t.ty, -0.25 * 28, 0.25 * 28)]:
+        span = hi - lo
+        assert lo <= values.min() < lo + 0.01 * span and hi - 0.01 * span < values.max() <= hi
+        assert abs(values.mean() - (lo + hi) / 2) < 0.02 * span
+        assert abs(values.std() - span / np.sqrt(12)) < 0.02 * span  # uniform
+    assert abs(np.corrcoef(t.zx, t.zy)[0, 1]) < 0.03  # drawn independently
+
+
+@pytest.mark.parametrize("spec,size,expected", [
+    (3, 28, {-2, -1, 0, 1, 2}),                   # int k: whole pixels in (-k, k), as Keras
+    ((2, 5), 28, {-5, -2, 2, 5}),                 # choices times a random sign
+    ((0.25, 0.5), 8, {-4, -2, 2, 4}),             # fractional choices times the size
+])
+def test_shift_choices_follow_keras(spec, size, expected):
+    config = AugmentConfig(width_shift_range=spec)
+    t = aug.sample_transforms(jax.random.PRNGKey(1), 2000, (size, size), config)
+    assert set(np.round(np.asarray(t.tx), 5).tolist()) == expected
+
+
+def test_same_key_same_output_and_samples_differ():
+    x = np.repeat(random_images(1, 28, 28, dtype=np.uint8), 8, axis=0)
+    a = aug.augment_jit(jax.random.PRNGKey(7), x, aug.SEED_RECIPE)
+    b = aug.augment_jit(jax.random.PRNGKey(7), x, aug.SEED_RECIPE)
+    c = aug.augment_jit(jax.random.PRNGKey(8), x, aug.SEED_RECIPE)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(jnp.abs(a - c).max()) > 1.0
+    pairwise = np.abs(np.asarray(a)[:, None] - np.asarray(a)[None]).max(axis=(2, 3, 4))
+    assert (pairwise + np.eye(8) * 1e9).min() > 1.0  # every image got its own transform
+
+
+@pytest.mark.parametrize("config", [aug.SEED_RECIPE, AugmentConfig(
+    horizontal_flip=True, brightness_range=(0.8, 1.2), channel_shift_range=10.0,
+    fill_mode="reflect", interpolation_order=0, rotation_range=30)])
+def test_channels_first_equals_channels_last_transposed(config):
+    x = random_images(4, 10, 13, 3, dtype=np.uint8)
+    last = aug.augment_jit(jax.random.PRNGKey(3), x, config)
+    first = aug.augment_jit(jax.random.PRNGKey(3), np.transpose(x, (0, 3, 1, 2)),
+                            config.replace(data_format="channels_first"))
+    assert first.shape == (4, 3, 10, 13)
+    np.testing.assert_allclose(np.asarray(first), np.transpose(np.asarray(last), (0, 3, 1, 2)),
+                               atol=1e-5)
+
+
+def test_seed_recipe_and_augment_config():
+    assert aug.SEED_RECIPE.zoom_range == (0.92, 1.08)
+    assert aug.SEED_RECIPE.rotation_range == 8 and not aug.SEED_RECIPE.is_identity
+    assert hash(aug.SEED_RECIPE) == hash(AugmentConfig(
+        rotation_range=8, width_shift_range=0.08, height_shift_range=0.08, shear_range=0.3,
+        zoom_range=[0.92, 1.08]))
+    assert aug.augment_config(width_shift_range=[1, 2]).width_shift_range == (1, 2)
+    with pytest.raises(TypeError, match="featurewise_center"):
+        aug.augment_config(featurewise_center=True)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"rotation_range": -1}, "rotation_range"),
+    ({"shear_range": float("nan")}, "shear_range"),
+    ({"zoom_range": 1.5}, "zoom_range"),
+    ({"zoom_range": (1.2, 0.8)}, "zoom_range"),
+    ({"zoom_range": (0.5, 1.0, 2.0)}, "zoom_range"),
+    ({"width_shift_range": -0.1}, "width_shift_range"),
+    ({"height_shift_range": ()}, "height_shift_range"),
+    ({"brightness_range": 0.5}, "brightness_range"),
+    ({"brightness_range": (1.5, 0.5)}, "brightness_range"),
+    ({"fill_mode": "mirror"}, "fill_mode"),
+    ({"interpolation_order": 3}, "interpolation_order"),
+    ({"cval": "black"}, "cval"),
+    ({"horizontal_flip": "yes"}, "horizontal_flip"),
+    ({"data_format": "NHWC"}, "data_format"),
+])
+def test_bad_configs_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AugmentConfig(**kwargs)
+
+
+def test_bad_images_raise():
+    with pytest.raises(ValueError, match="rank-4"):
+        aug.augment(jax.random.PRNGKey(0), np.zeros((28, 28, 1)), aug.SEED_RECIPE)
+    with pytest.raises(ValueError, match="channels"):
+        aug.augment(jax.random.PRNGKey(0), np.zeros((2, 1, 28, 28)), aug.SEED_RECIPE)
