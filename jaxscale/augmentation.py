@@ -445,6 +445,7 @@ def augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Arr
 
 
 augment_jit = jax.jit(augment, static_argnames="config")
+apply_transforms_jit = jax.jit(apply_transforms, static_argnames="config")
 
 
 def transforms_from_dicts(params: Sequence[dict]) -> Transforms:

@@ -15,39 +15,30 @@ Differences from Keras 3's `keras.src.legacy.preprocessing.image.ImageDataGenera
 - A featurewise mode used before `fit` raises `ValueError` (Keras warns and skips the step).
 - `flow` yields JAX arrays on the default device; images stay on device in their own dtype
   (uint8 stays uint8: 4x less memory than Keras' float32 copy).
+- Augmentation (`jaxscale.augmentation`) runs on device inside the same compiled gather as
+  the scaling, with a per-batch key folded from the flow's seed, epoch and batch index.
+  `flow(subset="validation")` batches are never augmented (Keras augments them too).
+  See `jaxscale.augmentation` for the transform conventions and their deviations from Keras
+  (height/width shift axes, centre of non-square images, brightness without 8-bit rounding).
+- `fit(augment=True)` augments the raw images and then applies the scaling steps, the order
+  `flow` uses (Keras' fit rescales first, then augments).
+- Random draws come from `jax.random`, not NumPy's global state: a seed gives reproducible
+  results, but not Keras' numbers.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscale import scaling
+from jaxscale import augmentation, scaling
+from jaxscale.augmentation import AugmentConfig
 from jaxscale.scaling import ScalingConfig, ScalingParams
 from jaxscale.validation import channel_axis, check_images
-
-# Keras' augmentation keywords and their "off" defaults. Non-default values are not yet
-# supported by this facade and raise NotImplementedError instead of being silently ignored.
-AUGMENTATION_DEFAULTS: dict[str, Any] = {
-    "rotation_range": 0,
-    "width_shift_range": 0.0,
-    "height_shift_range": 0.0,
-    "brightness_range": None,
-    "shear_range": 0.0,
-    "zoom_range": 0.0,
-    "channel_shift_range": 0.0,
-    "fill_mode": "nearest",
-    "cval": 0.0,
-    "horizontal_flip": False,
-    "vertical_flip": False,
-    "interpolation_order": 1,
-}
-
 
 class ImageDataGenerator:
     """Keras' ImageDataGenerator, backed by `jaxscale.scaling` on device.
@@ -61,23 +52,20 @@ class ImageDataGenerator:
         the start of the array as Keras does.
       dtype: output dtype, "float32" (default) or "bfloat16".
       statistics_scope: featurewise statistics per "channel" (Keras), "pixel" or "global".
-      The augmentation keywords (rotation_range, ..., interpolation_order) are accepted with
-      their default values only, for now.
+      rotation_range, width_shift_range, height_shift_range, shear_range, zoom_range,
+      horizontal_flip, vertical_flip, brightness_range, channel_shift_range, fill_mode, cval,
+      interpolation_order: Keras' augmentation keywords (see `AugmentConfig`); stored as
+        `self.augment_config`.
     """
 
     def __init__(self, featurewise_center=False, samplewise_center=False,
                  featurewise_std_normalization=False, samplewise_std_normalization=False,
                  zca_whitening=False, zca_epsilon=1e-6, rescale=None,
                  preprocessing_function=None, data_format=None, validation_split=0.0,
-                 dtype=None, statistics_scope="channel", **augmentation):
-        unknown = set(augmentation) - set(AUGMENTATION_DEFAULTS)
+                 dtype=None, statistics_scope="channel", **augment_kwargs):
+        unknown = set(augment_kwargs) - set(augmentation.AUGMENTATION_KEYWORDS)
         if unknown:
             raise TypeError(f"ImageDataGenerator got unexpected keyword(s) {sorted(unknown)}")
-        active = {k: v for k, v in augmentation.items() if v != AUGMENTATION_DEFAULTS[k]}
-        if active:
-            raise NotImplementedError(
-                f"augmentation keywords {sorted(active)} are not supported yet by "
-                "jaxscale.ImageDataGenerator; they would otherwise be silently ignored")
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(
                 f"validation_split must be in [0, 1), got {validation_split}")
@@ -91,6 +79,8 @@ class ImageDataGenerator:
             statistics_scope=statistics_scope,
             data_format=data_format or "channels_last",
             dtype=dtype or "float32")
+        self.augment_config = augmentation.augment_config(
+            data_format=self.config.data_format, **augment_kwargs)
         self.validation_split = validation_split
         self.params: ScalingParams | None = None if self.config.needs_fit else ScalingParams()
 
@@ -145,13 +135,63 @@ class ImageDataGenerator:
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         data = x
-        if augment and rounds > 1:
-            # No augmentation is configured: every round is the identity transform.
-            data = (x[s:s + batch_size] for _ in range(rounds)
-                    for s in range(0, x.shape[0], batch_size))
+        if augment:
+            data = self._augmented_passes(x, rounds, seed, batch_size)
         self.params = scaling.fit_scaling(self.config, data, batch_size=batch_size,
                                           progress=progress)
         return self
+
+    def _augmented_passes(self, x, rounds: int, seed: int | None, batch_size: int):
+        """`rounds` passes over x in batches, each batch augmented with its own key."""
+        key = _key_from_seed(seed)
+        for r in range(rounds):
+            for b, s in enumerate(range(0, x.shape[0], batch_size)):
+                chunk = x[s:s + batch_size]
+                if self.augment_config.is_identity:
+                    yield chunk
+                else:
+                    yield augmentation.augment_jit(
+                        jax.random.fold_in(jax.random.fold_in(key, r), b), chunk,
+                        self.augment_config)
+
+    def get_random_transform(self, img_shape, seed: int | None = None) -> dict:
+        """Random parameters for one image of shape img_shape, a dict with Keras' keys.
+
+        Keys: theta, tx, ty, shear, zx, zy, flip_horizontal, flip_vertical,
+        channel_shift_intensity (None when disabled), brightness (None when disabled); the
+        meaning of Keras' `apply_transform` (see `jaxscale.augmentation`).
+        """
+        if len(img_shape) != 3:
+            raise ValueError(f"img_shape must be one image's (H, W, C) or (C, H, W), "
+                             f"got {tuple(img_shape)}")
+        hw = (tuple(img_shape[1:3]) if self.config.data_format == "channels_first"
+              else tuple(img_shape[:2]))
+        transforms = augmentation.sample_transforms(_key_from_seed(seed), 1, hw,
+                                                    self.augment_config)
+        return augmentation.transforms_to_dicts(transforms, self.augment_config)[0]
+
+    def apply_transform(self, x, transform_parameters: dict) -> jax.Array:
+        """Applies Keras-style parameters to one image [H, W, C] (or [C, H, W]); float32.
+
+        As Keras, the channel shift and brightness steps run when their entries are not None,
+        whatever the constructor enabled; fill_mode, cval and interpolation_order come from
+        the constructor.
+        """
+        _check_single_image(x, self.config.data_format)
+        params = transform_parameters
+        config = self.augment_config.replace(
+            rotation_range=self.augment_config.rotation_range or 360.0,  # always resample
+            channel_shift_range=(
+                1.0 if params.get("channel_shift_intensity") is not None else 0.0),
+            brightness_range=(1.0, 1.0) if params.get("brightness") is not None else None)
+        transforms = augmentation.transforms_from_dicts([params])
+        return augmentation.apply_transforms_jit(jnp.asarray(x)[None], transforms, config)[0]
+
+    def random_transform(self, x, seed: int | None = None) -> jax.Array:
+        """One image [H, W, C] (or [C, H, W]) randomly augmented; float32, same shape."""
+        _check_single_image(x, self.config.data_format)
+        return augmentation.augment_jit(_key_from_seed(seed), jnp.asarray(x)[None],
+                                        self.augment_config)[0]
 
     def _require_fit(self):
         if self.params is None:
@@ -193,16 +233,39 @@ class ImageDataGenerator:
             x = x[part]
             y = None if y is None else y[part]
             sample_weight = None if sample_weight is None else sample_weight[part]
+        # Evaluation data is never augmented.
+        augment_config = None if (subset == "validation"
+                                  or self.augment_config.is_identity) else self.augment_config
         return FlowIterator(x, y, sample_weight, config=self.config, params=self.params,
-                            batch_size=batch_size, shuffle=shuffle, seed=seed)
+                            batch_size=batch_size, shuffle=shuffle, seed=seed,
+                            augment_config=augment_config)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "config"))
-def _gather_and_scale(images, extras, order, start, params, *, size: int,
-                      config: ScalingConfig):
-    """Rows order[start:start+size] of images (scaled) and of every array in extras."""
+def _key_from_seed(seed: int | None) -> jax.Array:
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    return jax.random.PRNGKey(seed)
+
+
+def _check_single_image(x, data_format: str) -> None:
+    if np.ndim(x) != 3:
+        raise ValueError(f"expected one image of rank 3 ({data_format}), got shape "
+                         f"{tuple(np.shape(x))}")
+    check_images(np.asarray(x)[None] if not isinstance(x, jax.Array) else x[None],
+                 data_format, name="x")
+
+
+@functools.partial(jax.jit, static_argnames=("size", "config", "augment_config"))
+def _gather_and_scale(images, extras, order, start, params, key, epoch, *, size: int,
+                      config: ScalingConfig, augment_config: AugmentConfig | None = None):
+    """Rows order[start:start+size] of images (augmented, then scaled, as Keras) and of every
+    array in extras. The augmentation key is folded from key, epoch and start on device."""
     rows = jax.lax.dynamic_slice_in_dim(order, start, size)
-    batch = scaling.scale(jnp.take(images, rows, axis=0), config, params)
+    batch = jnp.take(images, rows, axis=0)
+    if augment_config is not None:
+        batch_key = jax.random.fold_in(jax.random.fold_in(key, epoch), start)
+        batch = augmentation.augment(batch_key, batch, augment_config)
+    batch = scaling.scale(batch, config, params)
     return batch, tuple(jnp.take(e, rows, axis=0) for e in extras)
 
 
@@ -216,12 +279,13 @@ def _epoch_order(key, epoch, *, n: int, shuffle: bool):
 class FlowIterator:
     """Iterator over scaled batches of a device-resident array (see `ImageDataGenerator.flow`).
 
-    One compiled function gathers and scales a batch; it compiles once for the full batch
+    One compiled function gathers, augments (training data) and scales a batch; it compiles once for the full batch
     shape and once more for the last, smaller batch of an epoch, never per batch.
     """
 
     def __init__(self, x, y, sample_weight, *, config: ScalingConfig,
-                 params: ScalingParams, batch_size: int, shuffle: bool, seed: int | None):
+                 params: ScalingParams, batch_size: int, shuffle: bool, seed: int | None,
+                 augment_config: AugmentConfig | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.images = jnp.asarray(x)
@@ -234,6 +298,9 @@ class FlowIterator:
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         self.key = jax.random.PRNGKey(seed)
+        self.augment_config = augment_config
+        # Its own stream, so turning augmentation on does not change the shuffle order.
+        self.augment_key = jax.random.fold_in(self.key, 1)
         self.epoch, self.batch_index = 0, 0
         self._order = None
 
@@ -253,8 +320,9 @@ class FlowIterator:
             self._order = _epoch_order(self.key, self.epoch, n=self.n, shuffle=self.shuffle)
         start = self.batch_index * self.batch_size
         size = min(self.batch_size, self.n - start)
-        batch, extras = _gather_and_scale(self.images, self.extras, self._order, start,
-                                          self.params, size=size, config=self.config)
+        batch, extras = _gather_and_scale(
+            self.images, self.extras, self._order, start, self.params, self.augment_key,
+            self.epoch, size=size, config=self.config, augment_config=self.augment_config)
         self.batch_index += 1
         if self.batch_index >= len(self):
             self.batch_index, self._order = 0, None
