@@ -293,18 +293,21 @@ def _import_tfds():
     return tfds
 
 
-def tfds_builder(name: str, data_dir: str | Path | None = None):
+def tfds_builder(name: str, data_dir: str | Path | None = None, *,
+                 file_format: str = "tfrecord"):
     """A prepared tfds builder for `name`, cached under `cache_dir()`.
 
     When the original files are in a local folder (`data_dir` / `$JAXSCALE_DATA_DIR`) they are
     used as tfds' manual directory: no network. For datasets in `RAW_FORMATS` the files are
     verified first, so a missing or corrupt file raises `DatasetFileError` naming it.
+    `file_format="array_record"` prepares a random-access copy (see `load_data_source`) in
+    its own folder `cache_dir()/array_record`.
     """
     tfds = _import_tfds()
-    cache = cache_dir()
+    cache = cache_dir() if file_format == "tfrecord" else cache_dir() / file_format
     folder = resolve_data_dir(name, data_dir)
     with _file_lock(cache / f".{name}.lock"):
-        builder = tfds.builder(name, data_dir=str(cache))
+        builder = tfds.builder(name, data_dir=str(cache), file_format=file_format)
         if not builder.is_prepared():
             if folder is not None and name in RAW_FORMATS:
                 for pair in RAW_FORMATS[name].splits.values():
@@ -320,6 +323,56 @@ def tfds_builder(name: str, data_dir: str | Path | None = None):
                                            ) from err
                 raise
     return builder
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RecordSource:
+    """Random access to a dataset on disk, for datasets that do not fit in memory.
+
+    Reads only the records asked for (tfds' ArrayRecord format), in the same order as
+    `load_dataset(name, split, source="tfds")`, so `jaxscale.pipeline.stream_batches` over it
+    yields the same batches as the resident path over the loaded arrays.
+
+    Attributes:
+      source: the tfds data source (`builder.as_data_source(split)`).
+      image_key, label_key: its feature names.
+      name, split, num_classes: as in `Dataset`.
+      image_shape: (H, W, C).
+    """
+
+    source: object
+    image_key: str
+    label_key: str
+    name: str
+    split: str
+    num_classes: int
+    image_shape: tuple
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def get_batch(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8[B, H, W, C], labels int32[B]) of the records at `rows` (int[B])."""
+        records = self.source.__getitems__([int(r) for r in rows])
+        images = np.stack([np.asarray(r[self.image_key], np.uint8) for r in records])
+        labels = np.asarray([r[self.label_key] for r in records], np.int32)
+        return images, labels
+
+
+def load_data_source(name: str, split: str = "train", *,
+                     data_dir: str | Path | None = None) -> RecordSource:
+    """A random-access `RecordSource` of one split, prepared once (offline from `data_dir`
+    as in `load_dataset`) as tfds ArrayRecord files under `cache_dir()/array_record`."""
+    builder = tfds_builder(name, data_dir, file_format="array_record")
+    info = builder.info
+    if not info.supervised_keys or len(info.supervised_keys) != 2:
+        raise ValueError(f"{name} is not a supervised (image, label) dataset in tfds")
+    if info.splits and split.split("[")[0] not in info.splits:
+        raise ValueError(f"{name} has splits {sorted(info.splits)}, got split {split!r}")
+    image_key, label_key = info.supervised_keys
+    return RecordSource(builder.as_data_source(split=split), image_key, label_key, name,
+                        split, int(info.features[label_key].num_classes),
+                        tuple(info.features[image_key].shape))
 
 
 def _load_tfds(name: str, split: str, data_dir, *, shard: tuple[int, int] | None,

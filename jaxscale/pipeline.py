@@ -7,9 +7,10 @@ gathers its rows on device (`gather_batch`), inside the jitted step or a `lax.sc
 whole epoch (`scan_epoch`). No per-batch host-to-device copy, no Python loop over images.
 
 Streaming (datasets that do not fit): `stream_batches` gathers the same rows on the host from
-any random-access array (NumPy, `np.memmap`, a grain/ArrayRecord source) and copies each batch
-to the device a few batches ahead, from a background thread. For the same seed and epoch it
-yields exactly the batches the resident path gathers.
+any random-access array (NumPy, `np.memmap`) or record source (`datasets.load_data_source`:
+tfds ArrayRecord files on disk) and copies each batch to the device a few batches ahead, from
+a background thread. For the same seed and epoch it yields exactly the batches the resident
+path gathers.
 
 Every batch has the same static shape: the last partial batch is padded (index 0, mask False)
 or dropped (`drop_remainder=True`), so a step never recompiles for a new shape.
@@ -243,8 +244,10 @@ def stream_batches(dataset, batch_size: int, *, seed: int | jax.Array = 0, epoch
     `resident_batches(put_on_device(dataset), ...)`.
 
     Args:
-      dataset: `jaxscale.datasets.Dataset` or a pair (images [N, H, W, C], labels [N]) of
-        host arrays supporting integer-array indexing (NumPy, np.memmap, ...).
+      dataset: `jaxscale.datasets.Dataset`, a pair (images [N, H, W, C], labels [N]) of
+        host arrays supporting integer-array indexing (NumPy, np.memmap, ...), or a
+        random-access source with `len()` and `get_batch(rows) -> (images, labels)` such as
+        `jaxscale.datasets.load_data_source(...)` (reads only the rows of each batch).
       batch_size: B.
       seed, epoch, shuffle, drop_remainder: as in `resident_batches`.
       prefetch: batches gathered and in flight to the device ahead of the one yielded
@@ -257,13 +260,21 @@ def stream_batches(dataset, batch_size: int, *, seed: int | jax.Array = 0, epoch
     """
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0, got {prefetch}")
-    images, labels = _arrays(dataset)
-    indices, mask = host_epoch_indices(seed, epoch, int(np.shape(images)[0]), batch_size,
+    if hasattr(dataset, "get_batch"):  # a random-access source such as datasets.RecordSource
+        get_batch, num_examples = dataset.get_batch, len(dataset)
+    else:
+        images, labels = _arrays(dataset)
+        num_examples = int(np.shape(images)[0])
+
+        def get_batch(rows):
+            return np.asarray(images[rows]), np.asarray(labels[rows])
+
+    indices, mask = host_epoch_indices(seed, epoch, num_examples, batch_size,
                                        shuffle=shuffle, drop_remainder=drop_remainder)
 
     def load(step: int) -> Batch:
-        rows = indices[step]
-        host = Batch(np.asarray(images[rows]), np.asarray(labels[rows]).astype(np.int32),
+        batch_images, batch_labels = get_batch(indices[step])
+        host = Batch(np.asarray(batch_images), np.asarray(batch_labels).astype(np.int32),
                      mask[step])
         return _to_device(host, sharding)
 

@@ -299,3 +299,16 @@ def test_dataset_checks_its_arrays():
         Dataset(np.zeros((2, 3, 3), np.float32), np.zeros(2, np.int32), "x", "train", 2)
     with pytest.raises(ValueError, match=r"labels must be \[N\] with N = 2"):
         Dataset(np.zeros((2, 3, 3, 1), np.uint8), np.zeros(3, np.int32), "x", "train", 2)
+
+
+# --- random-access source for datasets that do not fit in memory ---------------------------
+
+@needs_tfds
+def test_record_source_reads_tfds_order(mnist_dir, mnist_tfds):
+    source = datasets.load_data_source("mnist", "test", data_dir=mnist_dir)
+    assert (len(source), source.num_classes, source.image_shape) == (10000, 10, (28, 28, 1))
+    rows = np.array([0, 9999, 17, 17])
+    images, labels = source.get_batch(rows)
+    assert images.dtype == np.uint8 and labels.dtype == np.int32
+    np.testing.assert_array_equal(images, mnist_tfds["test"].images[rows])
+    np.testing.assert_array_equal(labels, mnist_tfds["test"].labels[rows])
