@@ -8,7 +8,9 @@ reduce the float32 batch to one number, so nothing is optimised away. The paths:
 - resident/fused-step: one jitted call per batch that gathers and scales (what a training
   loop with `take_batch` inside its step does);
 - resident/loop: `resident_batches` (one jitted gather per batch) then a jitted scale;
-- streaming: `stream_batches` (host gather, copy to device with prefetch) then a jitted scale.
+- streaming: `stream_batches` (host gather, copy to device with prefetch) then a jitted scale;
+- streaming/records: the same from tfds ArrayRecord files on disk (`load_data_source`, real
+  MNIST with tensorflow-datasets only), timed on its first RECORD_STEPS batches.
 
 Real MNIST is used when its files are found ($JAXSCALE_DATA_DIR or ../shared/data/mnist),
 otherwise a synthetic dataset of the same shape; the `data` column says which.
@@ -28,22 +30,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscale import pipeline, scaling
-from jaxscale.datasets import load_dataset, synthetic_dataset
+from jaxscale.datasets import load_data_source, load_dataset, synthetic_dataset
 
 BATCH_SIZE = 128
 SEED = 0
+RECORD_STEPS = 40
 
 
-def _mnist_or_synthetic(num_examples: int | None):
+def _mnist_folder() -> Path | None:
     candidates = [os.environ.get("JAXSCALE_DATA_DIR"),
                   Path(__file__).resolve().parents[2] / "shared" / "data"]
     for folder in filter(None, candidates):
         folder = Path(folder)
-        if (folder / "mnist" / "train-images-idx3-ubyte.gz").exists() or (
-                folder / "train-images-idx3-ubyte.gz").exists():
-            data = load_dataset("mnist", "train", data_dir=folder, source="raw")
-            label = "mnist (real)"
-            break
+        for path in (folder / "mnist", folder):
+            if (path / "train-images-idx3-ubyte.gz").exists():
+                return path
+    return None
+
+
+def _mnist_or_synthetic(num_examples: int | None):
+    folder = _mnist_folder()
+    if folder is not None:
+        data, label = load_dataset("mnist", "train", data_dir=folder, source="raw"), "mnist (real)"
     else:
         data = synthetic_dataset(60000, (28, 28, 1), 10, seed=SEED)
         label = "synthetic 28x28x1"
@@ -66,8 +74,9 @@ def _best_of(fn, repeats: int) -> float:
 def run(quick: bool = False) -> list[dict]:
     """Times every path on one epoch; returns one row per path.
 
-    Row keys: bench, name, data, num_examples, batch_size, steps, seconds_per_epoch,
-    batches_per_s, images_per_s, device.
+    Row keys: bench, name, data, num_examples, batch_size, steps (timed batches),
+    seconds_per_epoch (extrapolated for streaming/records), batches_per_s, images_per_s,
+    device.
     """
     data, label = _mnist_or_synthetic(10240 if quick else None)
     repeats = 2 if quick else 5
@@ -111,17 +120,41 @@ def run(quick: bool = False) -> list[dict]:
             data, BATCH_SIZE, seed=SEED, epoch=0, prefetch=2)]
         jax.block_until_ready(outs)
 
-    paths = [("resident/scan", resident_scan), ("resident/fused-step", resident_fused),
-             ("resident/loop", resident_loop), ("streaming", streaming)]
+    paths = [("resident/scan", resident_scan, steps), ("resident/fused-step", resident_fused,
+                                                         steps),
+             ("resident/loop", resident_loop, steps), ("streaming", streaming, steps)]
+    records = _record_source()
+    if records is not None:
+        def streaming_records():
+            batches = pipeline.stream_batches(records, BATCH_SIZE, seed=SEED, epoch=0)
+            outs = [scale_only(b) for b, _ in zip(batches, range(RECORD_STEPS))]
+            jax.block_until_ready(outs)
+        paths.append(("streaming/records", streaming_records, RECORD_STEPS))
     device = jax.devices()[0]
     rows = []
-    for name, fn in paths:
+    for name, fn, timed_steps in paths:
         seconds = _best_of(fn, repeats)
-        rows.append(dict(bench="pipeline", name=name, data=label, num_examples=n,
-                         batch_size=BATCH_SIZE, steps=steps, seconds_per_epoch=seconds,
-                         batches_per_s=steps / seconds, images_per_s=n / seconds,
+        on_disk = name == "streaming/records"
+        size = len(records) if on_disk else n
+        rows.append(dict(bench="pipeline", name=name,
+                         data="mnist (real, tfds ArrayRecord on disk)" if on_disk else label,
+                         num_examples=size, batch_size=BATCH_SIZE, steps=timed_steps,
+                         seconds_per_epoch=seconds * -(-size // BATCH_SIZE) / timed_steps,
+                         batches_per_s=timed_steps / seconds,
+                         images_per_s=timed_steps * BATCH_SIZE / seconds,
                          device=f"{device.platform}:{device.device_kind}"))
     return rows
+
+
+def _record_source():
+    """MNIST train as a tfds ArrayRecord source, or None without tfds or real MNIST."""
+    folder = _mnist_folder()
+    if folder is None:
+        return None
+    try:
+        return load_data_source("mnist", "train", data_dir=folder)
+    except ImportError:
+        return None
 
 
 def format_table(rows: list[dict]) -> str:

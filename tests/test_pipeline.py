@@ -195,3 +195,12 @@ def test_streaming_from_a_record_source_equals_resident(mnist_dir):
     # Three batches are enough to compare; reading the whole epoch record by record is slow.
     assert_same_batches(as_numpy(b for b, _ in zip(resident, range(3))),
                         as_numpy(b for b, _ in zip(streamed, range(3))))
+
+
+@pytest.mark.slow
+def test_benchmark_rows():
+    from benchmarks import bench_pipeline
+    rows = bench_pipeline.run(quick=True)
+    names = [r["name"] for r in rows]
+    assert names[:4] == ["resident/scan", "resident/fused-step", "resident/loop", "streaming"]
+    assert all(r["batches_per_s"] > 0 and r["batch_size"] == 128 for r in rows)
