@@ -1,0 +1,164 @@
+"""One process of a multi-process jaxscale job on this machine, started by test_distributed.py.
+
+    python tests/distributed_worker.py --mode job --coordinator 127.0.0.1:PORT \
+        --num-processes 2 --process-id 0 --out DIR
+
+Modes:
+  job:  global dataset statistics of this process's shard, then a few SGD steps of a small BN
+        CNN on global batches assembled from every process's local rows. Writes DIR/<id>.json.
+        With --num-processes 1 and no coordinator it is the single-process reference: the same
+        global batches built from all shards in one process.
+  die:  joins the job and computes statistics; then process 1 kills itself with SIGKILL while
+        the others keep running collectives. A survivor must fail, not hang (DIR/<id>.json
+        records "hung" if it ever finishes).
+
+The environment must set JAX_PLATFORMS=cpu and XLA_FLAGS=--xla_force_host_platform_device_count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscale import distributed
+from jaxscale.datasets import synthetic_dataset
+
+NUM_EXAMPLES = 96
+IMAGE_SHAPE = (8, 8, 3)
+SHARDS = 2  # the data layout of the multi-process run; the reference rebuilds it in one process
+LOCAL_BATCH = 8  # rows per shard per step; global batch = SHARDS * LOCAL_BATCH
+STEPS = 3
+
+
+def _model():
+    import flax.linen as nn
+
+    class SmallCNN(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            x = nn.Conv(8, (3, 3))(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+            x = nn.relu(x)
+            x = x.mean(axis=(1, 2))
+            return nn.Dense(10)(x)
+
+    return SmallCNN()
+
+
+def _global_batches(dataset, num_processes: int, process_id: int):
+    """Per step, this process's rows of the global batch (the whole global batch if alone)."""
+    shards = [dataset.take(distributed.process_shard(len(dataset), process_index=i,
+                                                     process_count=SHARDS))
+              for i in range(SHARDS)]
+    mine = shards if num_processes == 1 else [shards[process_id]]
+    for step in range(STEPS):
+        rows = slice(step * LOCAL_BATCH, (step + 1) * LOCAL_BATCH)
+        yield (np.concatenate([s.images[rows] for s in mine]),
+               np.concatenate([s.labels[rows] for s in mine]).astype(np.int32))
+
+
+def run_job(args) -> dict:
+    import optax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    dataset = synthetic_dataset(NUM_EXAMPLES, IMAGE_SHAPE, seed=1)
+    if args.num_processes == 1:
+        local_images = dataset.images
+    else:
+        local_images = dataset.images[distributed.process_shard(len(dataset),
+                                                                drop_remainder=False)]
+    stats = {scope: distributed.global_dataset_stats(local_images, scope=scope, batch_size=16)
+             for scope in ("channel", "global")}
+    mean = np.asarray(stats["channel"].mean)
+    std = np.asarray(stats["channel"].std)
+
+    sharding = distributed.batch_sharding()
+    replicated = NamedSharding(sharding.mesh, PartitionSpec())
+    model = _model()
+    variables = model.init(jax.random.key(0), jnp.zeros((1,) + IMAGE_SHAPE), train=False)
+    optimizer = optax.sgd(0.1, momentum=0.9)
+    state = (variables["params"], variables["batch_stats"],
+             optimizer.init(variables["params"]))
+    state = jax.device_put(state, replicated)
+
+    def train_step(state, images, labels):
+        params, batch_stats, opt_state = state
+        x = (images.astype(jnp.float32) - mean) / std
+
+        def loss_fn(params):
+            logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                          train=True, mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, updates["batch_stats"]
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), new_stats, opt_state), loss
+
+    train_step = jax.jit(train_step, out_shardings=(replicated, replicated))
+    losses = []
+    for images, labels in _global_batches(dataset, args.num_processes, args.process_id):
+        global_images, global_labels = distributed.global_batch_from_local(
+            (images, labels), sharding)
+        state, loss = train_step(state, global_images, global_labels)
+        losses.append(float(loss.addressable_data(0)))
+    leaves = jax.tree_util.tree_leaves(state[:2])
+    checksum = [float(np.abs(np.asarray(leaf.addressable_data(0), np.float64)).sum())
+                for leaf in leaves]
+    return {
+        "process_index": jax.process_index(), "process_count": jax.process_count(),
+        "device_count": jax.device_count(), "main": distributed.is_main_process(),
+        "stats": {scope: {"count": int(s.count), "mean": np.asarray(s.mean).tolist(),
+                          "std": np.asarray(s.std).tolist()} for scope, s in stats.items()},
+        "losses": losses, "param_checksum": checksum,
+    }
+
+
+def run_die(args) -> dict:
+    from jax.experimental import multihost_utils
+
+    dataset = synthetic_dataset(NUM_EXAMPLES, IMAGE_SHAPE, seed=1)
+    local = dataset.images[distributed.process_shard(len(dataset))]
+    distributed.global_dataset_stats(local)
+    multihost_utils.sync_global_devices("before the crash")
+    if args.process_id == 1:
+        print("worker 1: killing itself with SIGKILL", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    start = time.monotonic()
+    while time.monotonic() - start < args.hang_after:
+        distributed.global_dataset_stats(local)
+        time.sleep(0.2)
+    return {"hung": True, "seconds": time.monotonic() - start}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("job", "die"), default="job")
+    parser.add_argument("--coordinator", default=None)
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+    parser.add_argument("--heartbeat", type=int, default=10)
+    parser.add_argument("--hang-after", type=float, default=120.0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.num_processes > 1:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               heartbeat_timeout_seconds=args.heartbeat,
+                               initialization_timeout=60)
+    result = run_job(args) if args.mode == "job" else run_die(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.process_id}.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
