@@ -225,8 +225,9 @@ def cache_dir() -> Path:
 _SLICE = re.compile(r"^(\w+)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$")
 
 
-def _raw_split(split: str, raw: RawFormat, name: str) -> tuple[str, slice]:
-    """Parses "train", "test[:1000]" or "train[10%:]" into (base split, row slice of N)."""
+def _raw_split(split: str, raw: RawFormat, name: str) -> tuple[str, re.Match]:
+    """Parses "train", "test[:1000]" or "train[10%:]" into (base split, slice match); a
+    percent bound is rounded down to a whole example."""
     match = _SLICE.match(split.replace(" ", ""))
     if not match or match.group(1) not in raw.splits:
         raise ValueError(f"{name} has splits {sorted(raw.splits)} (optionally sliced, e.g. "

@@ -312,3 +312,18 @@ def test_record_source_reads_tfds_order(mnist_dir, mnist_tfds):
     assert images.dtype == np.uint8 and labels.dtype == np.int32
     np.testing.assert_array_equal(images, mnist_tfds["test"].images[rows])
     np.testing.assert_array_equal(labels, mnist_tfds["test"].labels[rows])
+
+
+@pytest.mark.parametrize("tfds_installed,first_label", [(True, 4), (False, 5)])
+def test_auto_source_prefers_tfds(mnist_dir, monkeypatch, tfds_installed, first_label):
+    if tfds_installed and not have_tfds():
+        pytest.skip("tensorflow-datasets not installed")
+    monkeypatch.setattr(datasets, "_tfds_available", lambda: tfds_installed)
+    data = load_dataset("mnist", "train[:3]", data_dir=mnist_dir)
+    # tfds' own record order starts with a 4, the raw files with a 5.
+    assert int(data.labels[0]) == first_label
+
+
+def test_load_process_shard_single_process_is_everything(mnist_dir):
+    shard = datasets.load_process_shard("mnist", "test[:100]", data_dir=mnist_dir, source="raw")
+    assert len(shard) == 100 and shard.split == "test[:100]:process0of1"
