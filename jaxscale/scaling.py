@@ -338,8 +338,6 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int = 8192,
     """
     if not config.needs_fit:
         return ScalingParams()
-    prepare = jax.jit(lambda x: _to_last(_samplewise_and_before(x, config),
-                                         config.data_format))
     if hasattr(images, "shape"):
         check_images(images, config.data_format)
         batch_size = min(batch_size, images.shape[0])
@@ -355,7 +353,7 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int = 8192,
     stats = moments = None
     for batch, mask in batches:
         check_images(batch, config.data_format, name="batch")
-        x = prepare(jnp.asarray(batch))
+        x = _prepare_for_fit(jnp.asarray(batch), config)
         if stats is None:
             hwc = tuple(x.shape[1:])
             features = math.prod(hwc)
@@ -386,6 +384,14 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int = 8192,
 
 def _to_last(x, data_format):
     return x if data_format == "channels_last" else jnp.transpose(x, (0, 2, 3, 1))
+
+
+# Module level with a static config: a closure jitted inside fit_scaling was a new function on
+# every call, so every fit retraced and recompiled it.
+@functools.partial(jax.jit, static_argnames=("config",))
+def _prepare_for_fit(images: jax.Array, config: ScalingConfig) -> jax.Array:
+    """float32[N, H, W, C] channels_last images as the featurewise steps see them."""
+    return _to_last(_samplewise_and_before(images, config), config.data_format)
 
 
 def iter_batches(images, batch_size: int) -> Iterable:

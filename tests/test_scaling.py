@@ -263,3 +263,22 @@ def test_save_scaling_refuses_code():
     config = ScalingConfig(preprocessing_function=lambda im: im)
     with pytest.raises(ValueError, match="preprocessing_function"):
         jaxscale.save_scaling("unused.npz", config, ScalingParams())
+
+
+@pytest.mark.parametrize("mode", ["center", "standardize", "zca"])
+def test_repeated_fits_do_not_recompile(mode):
+    compiles = []
+
+    def count(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    config = MODES[mode]
+    fit_scaling(config, images_for(n=24, h=4, w=4, seed=0), batch_size=8)  # warm-up
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        for seed in (1, 2):
+            fit_scaling(config, images_for(n=24, h=4, w=4, seed=seed), batch_size=8)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert len(compiles) == 0
