@@ -303,6 +303,8 @@ def test_dataset_checks_its_arrays():
 
 # --- random-access source for datasets that do not fit in memory ---------------------------
 
+# Slow on a cold cache: preparing the ArrayRecord copy takes 15-30 s.
+@pytest.mark.slow
 @needs_tfds
 def test_record_source_reads_tfds_order(mnist_dir, mnist_tfds):
     source = datasets.load_data_source("mnist", "test", data_dir=mnist_dir)

@@ -185,6 +185,8 @@ def test_real_mnist_streaming_equals_resident(mnist_dir):
     assert sum(int(b.images.sum(dtype=np.int64)) for b in resident) == 264923200
 
 
+# Slow on a cold cache: preparing the ArrayRecord copy takes 15-30 s.
+@pytest.mark.slow
 def test_streaming_from_a_record_source_equals_resident(mnist_dir):
     pytest.importorskip("tensorflow_datasets")
     from jaxscale.datasets import load_data_source
