@@ -359,11 +359,12 @@ def resample(image: jax.Array, matrix: jax.Array, *, fill_mode: str = "nearest",
     def read(r, c):
         r = _fold_index(r, height, fill_mode)
         c = _fold_index(c, width, fill_mode)
-        values = jnp.take(flat, (r * width + c).reshape(-1), axis=0, mode="clip")
+        # _fold_index keeps every index in range: skip the gather's bounds handling.
+        values = flat.at[(r * width + c).reshape(-1)].get(mode="promise_in_bounds")
         return values.reshape(height, width, channels).astype(jnp.float32)
 
     if order == 0:
-        # scipy rounds half away from zero... for the positive half-integers it meets here.
+        # Round half up; exact half-pixel positions are rare with random parameters.
         out = read(jnp.floor(src_r + 0.5).astype(jnp.int32),
                    jnp.floor(src_c + 0.5).astype(jnp.int32))
     else:

@@ -279,8 +279,9 @@ def _epoch_order(key, epoch, *, n: int, shuffle: bool):
 class FlowIterator:
     """Iterator over scaled batches of a device-resident array (see `ImageDataGenerator.flow`).
 
-    One compiled function gathers, augments (training data) and scales a batch; it compiles once for the full batch
-    shape and once more for the last, smaller batch of an epoch, never per batch.
+    One compiled function gathers, augments (training data only) and scales a batch; it
+    compiles once for the full batch shape and once more for the last, smaller batch of an
+    epoch, never per batch.
     """
 
     def __init__(self, x, y, sample_weight, *, config: ScalingConfig,
