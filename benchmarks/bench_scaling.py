@@ -1,0 +1,98 @@
+"""Row 2: scaling alone, per mode: images/s, achieved GB/s and the device's copy roofline.
+
+Ours: `jaxscale.scale` jitted per mode on device-resident uint8 batches (several distinct
+buffers, rotated), float32 out, as the training step receives them. Bytes moved per batch =
+uint8 read + float32 written (+ the ZCA matrix read once per batch). The roofline is a large
+elementwise copy (read + write of a 256 MiB buffer on accelerators, 64 MiB on CPU) measured in
+the same run. Peer: Keras' `flow` of the same mode at the same batch size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxscale
+from benchmarks import keras_peer
+from benchmarks.timing import measure
+
+MODES = ("none", "normalize", "center", "standardize", "sample_center",
+         "sample_standardize", "zca")
+
+
+def copy_bandwidth(megabytes: int | None = None, *, repeats: int = 5) -> dict:
+    """Achieved read+write GB/s of a large elementwise copy on the default device.
+
+    An xor with 1 over uint32 forces a real read and write (an identity could be forwarded).
+    """
+    if megabytes is None:
+        megabytes = 64 if jax.default_backend() == "cpu" else 256
+    words = megabytes * (1 << 20) // 4
+    buffers = [jax.device_put(np.full(words, i, np.uint32)) for i in range(2)]
+    copy = jax.jit(lambda x: x ^ jnp.uint32(1))
+    timing = measure(copy, buffers, items=1, repeats=repeats, warmup=2)
+    moved = 2 * words * 4
+    return {"bench": "scaling", "name": "copy_roofline", "megabytes": megabytes,
+            "gb_per_s": moved / timing.median_s / 1e9,
+            "gb_per_s_max": moved / min(timing.seconds) / 1e9,
+            "seconds_median": timing.median_s, "seconds_repeats": list(timing.seconds),
+            "spread": timing.spread}
+
+
+def bytes_per_batch(mode: str, batch_shape: tuple[int, ...], out_dtype=np.float32) -> int:
+    """Bytes a scaling call must read and write: uint8 in, float out, ZCA matrix once."""
+    elements = math.prod(batch_shape)
+    moved = elements * (1 + np.dtype(out_dtype).itemsize)
+    if mode == "zca":
+        features = math.prod(batch_shape[1:])
+        moved += features * features * 4
+    return moved
+
+
+def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int = 8,
+        repeats: int = 5, keras_batches: int = 4, keras: bool = True,
+        roofline: dict | None = None) -> list[dict]:
+    """Times every mode on batches of `images` (uint8[N, H, W, C]).
+
+    Args:
+      images: the data; featurewise modes are fitted on all of it (not timed).
+      batch_size: images per scaling call (ours and Keras').
+      buffers: distinct device-resident batches rotated through (fewer if N is small).
+      repeats: timed repeats; each scales every buffer once.
+      keras_batches: Keras `flow` batches per repeat; keras=False skips Keras.
+      roofline: a `copy_bandwidth()` row to compare with (measured when None).
+
+    Returns:
+      The roofline row, then one row per mode with images_per_s, gb_per_s, roofline_fraction,
+      keras_images_per_s, ratio (ours / Keras).
+    """
+    batch_size = min(batch_size, len(images))
+    count = max(1, min(buffers, len(images) // batch_size))
+    device_batches = [jax.device_put(images[i * batch_size:(i + 1) * batch_size])
+                      for i in range(count)]
+    roofline = roofline or copy_bandwidth()
+    rows = [roofline]
+    for mode in modes:
+        config = jaxscale.scaling_config(mode)
+        params = jaxscale.fit_scaling(config, images)
+        timing = measure(lambda batch: jaxscale.scale_jit(batch, config, params),
+                         device_batches, items=batch_size, repeats=repeats, warmup=2,
+                         calls_per_repeat=count)
+        moved = bytes_per_batch(mode, device_batches[0].shape) * count
+        gb_per_s = moved / timing.median_s / 1e9
+        row = {"bench": "scaling", "name": mode, "batch_size": batch_size, "buffers": count,
+               **timing.summary(), "gb_per_s": gb_per_s,
+               "roofline_fraction": gb_per_s / roofline["gb_per_s"],
+               "keras_images_per_s": None, "ratio": None}
+        peer = (keras_peer.keras_flow_timing(images, mode, batch_size=batch_size,
+                                             batches=keras_batches, repeats=3)
+                if keras else None)
+        if peer is not None:
+            row["keras_images_per_s"] = peer.items_per_s
+            row["keras_spread"] = peer.spread
+            row["ratio"] = timing.items_per_s / peer.items_per_s
+        rows.append(row)
+    return rows

@@ -1,0 +1,57 @@
+"""Row 1: dataset statistics in one device pass vs NumPy (what Keras' `fit` does).
+
+Ours: `jaxscale.compute_stats(images)` (channel scope: Keras' featurewise mean and std) on
+device-resident uint8 images, and `jaxscale.fit_scaling` for every mode that needs a fit (ZCA
+includes its host float64 eigendecomposition). Peer: `numpy_fit_stats` (float32 copy, np.mean,
+np.std over N, H, W) and, when keras is installed, Keras' own `ImageDataGenerator.fit` of the
+same mode.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+import jaxscale
+from benchmarks import keras_peer
+from benchmarks.timing import measure
+
+FIT_MODES = ("center", "standardize", "zca")
+
+
+def run(images: np.ndarray, *, repeats: int = 5, modes=FIT_MODES,
+        keras: bool = True) -> list[dict]:
+    """Times statistics on `images` (uint8[N, H, W, C]); returns one row per measurement.
+
+    keras=False skips Keras' own fit (the NumPy peer always runs).
+
+    Row keys: bench ("stats"), name, images_per_s (+ _min/_max), seconds_median, spread,
+    seconds_repeats, peer, peer_images_per_s, ratio (ours / peer).
+    """
+    n = len(images)
+    device_images = jax.device_put(images)
+    numpy_timing = measure(keras_peer.numpy_fit_stats, [images], items=n,
+                           repeats=repeats, warmup=1)
+    rows = []
+    ours = measure(lambda x: jaxscale.compute_stats(x).m2_hi, [device_images], items=n,
+                   repeats=repeats, warmup=1)
+    rows.append(_row("compute_stats", ours, "numpy mean+std", numpy_timing))
+    for mode in modes:
+        config = jaxscale.scaling_config(mode)
+        fitted = measure(lambda x: jaxscale.fit_scaling(config, x), [device_images], items=n,
+                         repeats=max(1, repeats // 2) if mode == "zca" else repeats, warmup=1)
+        peer = (keras_peer.keras_fit_timing(images, mode, repeats=1 if mode == "zca" else 3)
+                if keras else None)
+        rows.append(_row(f"fit_scaling[{mode}]", fitted,
+                         "keras fit" if peer is not None else None, peer))
+    return rows
+
+
+def _row(name, ours, peer_name, peer) -> dict:
+    row = {"bench": "stats", "name": name, **ours.summary(), "peer": peer_name,
+           "peer_images_per_s": None, "ratio": None}
+    if peer is not None:
+        row["peer_images_per_s"] = peer.items_per_s
+        row["peer_seconds_median"] = peer.median_s
+        row["ratio"] = ours.items_per_s / peer.items_per_s
+    return row

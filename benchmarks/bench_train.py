@@ -1,0 +1,98 @@
+"""Row 3: train-step images/s of the BN CNN with each scaling mode (and augmentation) fused in.
+
+Ours: `jaxscale.training.benchmark_train_step(scaling=mode, ...)` for every mode and for the
+augmentation recipe fused into the step; overhead percent = how much slower than `none`.
+Peer: Keras 3 `train_on_batch` of the same-shaped BN CNN at the same batch size on the same
+data (`keras_peer.keras_train_timing`).
+
+`jaxscale.training` is written by another engineer; until it lands (or if its signature
+differs) every row is reported as n/a with the reason, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from benchmarks import keras_peer
+
+MODES = ("none", "normalize", "center", "standardize", "sample_center",
+         "sample_standardize", "zca")
+
+
+def _augment_recipe():
+    """The seed recipe (an AugmentConfig) when jaxscale.augmentation has it, else None."""
+    try:
+        return importlib.import_module("jaxscale.augmentation").SEED_RECIPE
+    except (ImportError, AttributeError):
+        return None
+
+
+def train_step_benchmark():
+    """`jaxscale.training.benchmark_train_step`, or (None, why)."""
+    try:
+        return importlib.import_module("jaxscale.training").benchmark_train_step, None
+    except ImportError as error:
+        return None, f"jaxscale.training not importable: {error}"
+    except AttributeError:
+        return None, "jaxscale.training has no benchmark_train_step"
+
+
+def run(images: np.ndarray, labels: np.ndarray, *, modes=MODES, batch_size: int = 64,
+        steps: int = 20, warmup: int = 3, augment: bool = True, keras: bool = True
+        ) -> list[dict]:
+    """One row per mode (+ "augment" with the recipe, scaling "normalize"), then Keras' row.
+
+    Row keys: bench ("train"), name, scaling, augment, images_per_s, step_ms_median,
+    step_ms_spread, compiles, overhead_pct (vs none), keras_images_per_s, ratio; or status
+    "n/a" and why.
+    """
+    benchmark, why = train_step_benchmark()
+    keras_timing = (keras_peer.keras_train_timing(images, labels, batch_size=batch_size,
+                                                  steps=steps, warmup=warmup)
+                    if keras else None)
+    keras_rate = None if keras_timing is None else keras_timing.items_per_s
+    cases = [(mode, mode, None) for mode in modes]
+    if augment:
+        recipe = _augment_recipe()
+        if recipe is not None:
+            cases.append(("augment+normalize", "normalize", recipe))
+        else:
+            cases.append(("augment+normalize", "normalize", "missing"))
+    rows = []
+    for name, mode, recipe in cases:
+        row = {"bench": "train", "name": name, "scaling": mode,
+               "augment": None if recipe is None else "SEED_RECIPE", "batch_size": batch_size,
+               "images_per_s": None, "keras_images_per_s": keras_rate, "ratio": None}
+        if benchmark is None or recipe == "missing":
+            row.update(status="n/a", why=why or "jaxscale.augmentation.SEED_RECIPE missing")
+            rows.append(row)
+            continue
+        try:
+            result = benchmark(model="bn_cnn", scaling=mode, batch_size=batch_size,
+                               steps=steps, warmup=warmup, augment=recipe,
+                               images=images, labels=labels)
+        except Exception as error:  # another module's failure must not stop the bench
+            row.update(status="n/a", why=f"benchmark_train_step failed: "
+                                         f"{type(error).__name__}: {error}")
+            rows.append(row)
+            continue
+        row.update({k: result.get(k) for k in ("images_per_s", "step_ms_median",
+                                               "step_ms_spread", "compiles")})
+        if keras_rate and row["images_per_s"]:
+            row["ratio"] = row["images_per_s"] / keras_rate
+        rows.append(row)
+    base = next((r["images_per_s"] for r in rows if r["name"] == "none"
+                 and r["images_per_s"]), None)
+    for row in rows:
+        if base and row["images_per_s"]:
+            row["overhead_pct"] = 100.0 * (base / row["images_per_s"] - 1.0)
+    keras_row = {"bench": "train", "name": "keras_train_on_batch", "scaling": "normalize",
+                 "batch_size": batch_size, "images_per_s": keras_rate}
+    if keras_timing is None:
+        keras_row.update(status="n/a", why="keras not installed" if keras else "skipped")
+    else:
+        keras_row.update(keras_timing.summary())
+    rows.append(keras_row)
+    return rows

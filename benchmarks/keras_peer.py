@@ -1,0 +1,156 @@
+"""The peer: the same work done the Keras way, timed in the same process on the same data.
+
+- statistics: what Keras' `ImageDataGenerator.fit` does for featurewise statistics, in NumPy
+  (`numpy_fit_stats`, always available) and Keras' own `fit` (when keras is installed);
+- scaling: `ImageDataGenerator(**keywords).flow(x, batch_size, shuffle=False)` producing float32
+  batches. Keras converts x to float32 once when the iterator is built (not timed, generous to
+  Keras); each `next()` runs its per-image Python loop (`standardize` image by image), which is
+  what is timed;
+- training: Keras 3 (`KERAS_BACKEND=jax`) `train_on_batch` of a BatchNorm CNN at batch 64.
+
+Keras is an optional extra: every function returning Keras figures returns None without it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np  # noqa: E402
+
+from benchmarks.timing import Timing, measure  # noqa: E402
+
+# Keras' keywords for each jaxscale mode name (the same table as the README's).
+KERAS_KEYWORDS: dict[str, dict] = {
+    "none": {},
+    "normalize": {"rescale": 1.0 / 255.0},
+    "center": {"featurewise_center": True},
+    "standardize": {"featurewise_center": True, "featurewise_std_normalization": True},
+    "sample_center": {"samplewise_center": True},
+    "sample_standardize": {"samplewise_center": True, "samplewise_std_normalization": True},
+    "zca": {"featurewise_center": True, "zca_whitening": True},
+}
+
+
+def keras_version() -> str | None:
+    """keras.__version__, or None when it is not installed."""
+    try:
+        import keras
+    except ImportError:
+        return None
+    return keras.__version__
+
+
+def _legacy_generator_class():
+    try:
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator
+    except ImportError:
+        return None
+    return ImageDataGenerator
+
+
+def keras_generator(mode: str, **extra):
+    """Keras' legacy ImageDataGenerator for a jaxscale mode name, or None without keras."""
+    cls = _legacy_generator_class()
+    if cls is None:
+        return None
+    if mode not in KERAS_KEYWORDS:
+        raise ValueError(f"no Keras keywords for mode {mode!r}; known: {sorted(KERAS_KEYWORDS)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(**KERAS_KEYWORDS[mode], **extra)
+
+
+def numpy_fit_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What Keras' `fit` computes for featurewise_center + std: float32 copy, np.mean, np.std.
+
+    Args:
+      images: uint8[N, H, W, C].
+
+    Returns:
+      (mean, std), float32[C] each.
+    """
+    x = np.asarray(images, dtype=np.float32)
+    return np.mean(x, axis=(0, 1, 2)), np.std(x, axis=(0, 1, 2))
+
+
+def keras_fit_timing(images: np.ndarray, mode: str = "standardize", *, repeats: int = 3,
+                     warmup: int = 1) -> Timing | None:
+    """Seconds of Keras' own `ImageDataGenerator.fit(images)`; None without keras."""
+    generator = keras_generator(mode)
+    if generator is None:
+        return None
+
+    def fit(x):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            generator.fit(x)
+        return None
+
+    return measure(fit, [images], items=len(images), repeats=repeats, warmup=warmup)
+
+
+def keras_flow_timing(images: np.ndarray, mode: str, *, batch_size: int, batches: int,
+                      repeats: int = 3, augment: dict | None = None) -> Timing | None:
+    """Keras' `flow` producing float32 batches of a mode (and an augmentation recipe).
+
+    Featurewise modes are fitted first (not timed). One warm-up batch; each repeat times
+    `batches` calls of `next()`.
+    """
+    generator = keras_generator(mode, **(augment or {}))
+    if generator is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if generator.featurewise_center or generator.zca_whitening or \
+                generator.featurewise_std_normalization:
+            generator.fit(images)
+        iterator = generator.flow(images, batch_size=batch_size, shuffle=False, seed=0)
+        return measure(lambda _: next(iterator), [None], items=batch_size, repeats=repeats,
+                       warmup=1, calls_per_repeat=batches)
+
+
+def keras_bn_cnn(image_shape=(28, 28, 1), num_classes: int = 10):
+    """A Keras 3 BatchNorm CNN of the shape the benchmarks train (None without keras).
+
+    conv3x3(32)-BN-relu, conv3x3(32)-BN-relu, maxpool, conv3x3(64)-BN-relu,
+    conv3x3(64)-BN-relu, maxpool, dense(512)-BN-relu, dense(10); SGD momentum 0.9.
+    """
+    try:
+        import keras
+    except ImportError:
+        return None
+    layers = keras.layers
+
+    def conv(filters):
+        return [layers.Conv2D(filters, 3, padding="same", use_bias=False),
+                layers.BatchNormalization(), layers.ReLU()]
+
+    model = keras.Sequential([
+        keras.Input(image_shape), *conv(32), *conv(32), layers.MaxPooling2D(),
+        *conv(64), *conv(64), layers.MaxPooling2D(), layers.Flatten(),
+        layers.Dense(512, use_bias=False), layers.BatchNormalization(), layers.ReLU(),
+        layers.Dense(num_classes)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=True)
+    return model
+
+
+def keras_train_timing(images: np.ndarray, labels: np.ndarray, *, batch_size: int = 64,
+                       steps: int = 20, repeats: int = 3, warmup: int = 3
+                       ) -> Timing | None:
+    """Keras 3 `train_on_batch` of `keras_bn_cnn` on float32 [0, 1] batches; None without it.
+
+    Batches are sliced in turn from the data (several buffers); each repeat is `steps` steps.
+    """
+    model = keras_bn_cnn(tuple(images.shape[1:]))
+    if model is None:
+        return None
+    n_batches = max(1, min(len(images) // batch_size, steps))
+    batches = [(images[i * batch_size:(i + 1) * batch_size].astype(np.float32) / 255.0,
+                labels[i * batch_size:(i + 1) * batch_size]) for i in range(n_batches)]
+    return measure(lambda b: model.train_on_batch(*b), batches, items=batch_size,
+                   repeats=repeats, warmup=warmup, calls_per_repeat=steps)

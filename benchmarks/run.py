@@ -1,0 +1,173 @@
+"""`make bench`: every scaling mode side by side with the Keras way, with a chart.
+
+    python -m benchmarks.run [--quick] [--out DIR] [--data-dir DIR] [--only stats,scaling]
+
+Sections (each a module of this package): stats (dataset statistics vs NumPy / Keras `fit`),
+scaling (scaling alone vs Keras `flow`, GB/s against the measured copy roofline), train (the BN
+CNN's step with each mode fused, vs Keras `train_on_batch`), augment and pipeline (written by
+other engineers; run when present). A section that cannot run is reported as n/a with why.
+
+Writes `<out>/latest.json` (+ a timestamped copy) and `<out>/latest.png`, and prints a table.
+Method: warm-up excluded, `block_until_ready`, median and spread of repeats, rotated buffers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SECTIONS = ("stats", "scaling", "train", "augment", "pipeline")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _version(module: str) -> str | None:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "unknown")
+    except ImportError:
+        return None
+
+
+def run_metadata(source: str, quick: bool) -> dict:
+    """Device, versions and data source for the JSON file."""
+    import jax
+
+    device = jax.devices()[0]
+    return {
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "data_source": source,
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": jax.device_count(),
+        "host_cpus": os.cpu_count(),
+        "host": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in
+                     ("jax", "jaxlib", "flax", "optax", "numpy", "keras", "jaxscale")},
+        "method": "warm-up excluded; jax.block_until_ready before each clock read; median "
+                  "and spread ((max-min)/median) over repeats; several input buffers rotated",
+    }
+
+
+def settings(quick: bool) -> dict:
+    """Sizes per section: the full run fits in 10 minutes on 2 CPU cores, quick in 2."""
+    if quick:
+        return {"stats": {"repeats": 3, "modes": ("standardize",)},
+                "scaling": {"batch_size": 2048, "buffers": 4, "repeats": 3,
+                            "keras_batches": 2},
+                "train": {"steps": 5, "warmup": 2,
+                          "modes": ("none", "standardize", "sample_standardize")}}
+    return {"stats": {"repeats": 5},
+            "scaling": {"batch_size": 4096, "buffers": 8, "repeats": 5, "keras_batches": 4},
+            "train": {"steps": 20, "warmup": 3}}
+
+
+def _external_rows(module_name: str, quick: bool) -> list[dict]:
+    """Rows of another engineer's `benchmarks.<module>.run(quick)`, or one n/a row."""
+    bench = module_name.removeprefix("bench_")
+    try:
+        module = importlib.import_module(f"benchmarks.{module_name}")
+        runner = module.run
+    except (ImportError, AttributeError) as error:
+        return [{"bench": bench, "name": module_name, "status": "n/a",
+                 "why": f"benchmarks.{module_name}.run unavailable: {error}"}]
+    rows = runner(quick=quick)
+    for row in rows:
+        row.setdefault("bench", bench)
+        row.setdefault("name", module_name)
+    return rows
+
+
+def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:
+    """Rows of one section; raises what the section raises."""
+    sizes = settings(quick).get(section, {})
+    if section == "stats":
+        from benchmarks import bench_stats
+        return bench_stats.run(data.images, keras=keras, **sizes)
+    if section == "scaling":
+        from benchmarks import bench_scaling
+        return bench_scaling.run(data.images, keras=keras, **sizes)
+    if section == "train":
+        from benchmarks import bench_train
+        return bench_train.run(data.images, data.labels, keras=keras, **sizes)
+    if section in ("augment", "pipeline"):
+        return _external_rows(f"bench_{section}", quick)
+    raise ValueError(f"unknown section {section!r}; known: {SECTIONS}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the under-2-minutes variant")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="folder for latest.json and latest.png (default: %(default)s)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with MNIST's four .gz files (default: $JAXSCALE_DATA_DIR "
+                             "or ../shared/data/mnist; synthetic data when absent)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help="comma-separated sections to run (default: %(default)s)")
+    parser.add_argument("--no-keras", action="store_true",
+                        help="skip the Keras peer even when keras is installed")
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; known: {', '.join(SECTIONS)}")
+    return args
+
+
+def main(argv=None) -> dict:
+    """Runs the benchmarks; returns {"meta", "rows", "json", "chart"}."""
+    args = parse_args(argv)
+    from tqdm.auto import tqdm
+
+    from benchmarks import data as bench_data
+    from benchmarks import keras_peer, report
+
+    started = time.perf_counter()
+    data = bench_data.load_bench_data(args.data_dir)
+    keras = not args.no_keras and keras_peer.keras_version() is not None
+    meta = run_metadata(data.source, args.quick)
+    meta["keras_peer"] = keras
+    print(f"jaxscale bench{' --quick' if args.quick else ''}: {meta['device']} "
+          f"({meta['backend']}), data: {data.source}, {len(data.images)} images "
+          f"{data.images.shape[1:]}, keras peer: {'yes' if keras else 'no'}", flush=True)
+    rows = []
+    progress = tqdm(args.sections, desc="bench", unit="section", file=sys.stderr)
+    for section in progress:
+        progress.set_postfix_str(section)
+        section_start = time.perf_counter()
+        try:
+            section_rows = run_section(section, data, args.quick, keras)
+        except Exception as error:  # one broken section must not lose the others
+            traceback.print_exc()
+            section_rows = [{"bench": section, "name": section, "status": "n/a",
+                             "why": f"{type(error).__name__}: {error}"}]
+        meta.setdefault("section_seconds", {})[section] = time.perf_counter() - section_start
+        rows.extend(section_rows)
+    progress.close()
+    meta["total_seconds"] = time.perf_counter() - started
+    out = args.out
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    json_path = report.write_json(out / "latest.json", meta, rows)
+    report.write_json(out / f"bench-{meta['backend']}-{stamp}.json", meta, rows)
+    chart = report.write_chart(out / "latest.png", rows,
+                               title=f"{meta['device']} ({meta['backend']}), {data.source}")
+    print(report.format_table(rows))
+    print(f"\n{meta['total_seconds']:.0f} s; wrote {json_path}"
+          + (f" and {chart}" if chart else " (no chart: no rates)"), flush=True)
+    return {"meta": meta, "rows": rows, "json": json_path, "chart": chart}
+
+
+if __name__ == "__main__":
+    main()

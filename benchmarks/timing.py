@@ -1,0 +1,95 @@
+"""Timing with the method every benchmark here shares.
+
+Warm-up calls first (compilation excluded), `jax.block_until_ready` on each result before the
+clock is read, several repeats summarised by their median and spread, and a rotation over
+several input buffers so that a cache holding the last input does not flatter the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds of each timed repeat of one piece of work (warm-up excluded).
+
+    Attributes:
+      seconds: per-repeat wall-clock seconds, in the order they ran.
+      items: how many items (images) one repeat processes.
+    """
+
+    seconds: tuple[float, ...]
+    items: int
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the repeats: 0.1 means the repeats span 10 percent."""
+        return (max(self.seconds) - min(self.seconds)) / self.median_s
+
+    @property
+    def items_per_s(self) -> float:
+        """Items per second at the median repeat."""
+        return self.items / self.median_s
+
+    @property
+    def items_per_s_range(self) -> tuple[float, float]:
+        """(slowest, fastest) items per second over the repeats."""
+        return self.items / max(self.seconds), self.items / min(self.seconds)
+
+    def summary(self, prefix: str = "") -> dict[str, Any]:
+        """Flat JSON-ready figures: median, spread and every repeat."""
+        low, high = self.items_per_s_range
+        return {f"{prefix}seconds_median": self.median_s,
+                f"{prefix}seconds_repeats": list(self.seconds),
+                f"{prefix}spread": self.spread,
+                f"{prefix}images_per_s": self.items_per_s,
+                f"{prefix}images_per_s_min": low,
+                f"{prefix}images_per_s_max": high}
+
+
+def measure(fn: Callable[[Any], Any], inputs: Sequence[Any], *, items: int,
+            repeats: int = 5, warmup: int = 2, calls_per_repeat: int = 1) -> Timing:
+    """Times `fn` over a rotation of `inputs`.
+
+    Args:
+      fn: the work; its result is passed to `jax.block_until_ready` (host values pass through).
+      inputs: distinct input buffers; call k uses inputs[k % len(inputs)].
+      items: items processed by ONE call (images in the batch).
+      repeats: timed repeats; each runs `calls_per_repeat` calls and blocks once at its end
+        (so dispatch overlaps compute, as in a real loop).
+      warmup: untimed calls first (compilation, first-touch of memory).
+      calls_per_repeat: calls per timed repeat.
+
+    Returns:
+      Timing whose `items` is items * calls_per_repeat.
+    """
+    if not inputs:
+        raise ValueError("measure needs at least one input buffer")
+    if repeats < 1 or calls_per_repeat < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1, calls_per_repeat >= 1, warmup >= 0; got "
+                         f"{repeats}, {calls_per_repeat}, {warmup}")
+    call = 0
+    for _ in range(warmup):
+        jax.block_until_ready(fn(inputs[call % len(inputs)]))
+        call += 1
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results = []
+        for _ in range(calls_per_repeat):
+            results.append(fn(inputs[call % len(inputs)]))
+            call += 1
+        jax.block_until_ready(results)
+        seconds.append(time.perf_counter() - start)
+        del results
+    return Timing(tuple(seconds), items * calls_per_repeat)
