@@ -130,9 +130,11 @@ def run_die(args) -> dict:
     local = dataset.images[distributed.process_shard(len(dataset))]
     distributed.global_dataset_stats(local)
     multihost_utils.sync_global_devices("before the crash")
-    if args.process_id == 1:
-        print("worker 1: killing itself with SIGKILL", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+    if args.process_id == args.victim:
+        how = signal.SIGSTOP if args.freeze else signal.SIGKILL
+        print(f"worker {args.process_id}: sending itself {how.name}", file=sys.stderr,
+              flush=True)
+        os.kill(os.getpid(), how)
     start = time.monotonic()
     while time.monotonic() - start < args.hang_after:
         distributed.global_dataset_stats(local)
@@ -147,6 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--heartbeat", type=int, default=10)
+    parser.add_argument("--victim", type=int, default=1, help="die mode: the process that dies")
+    parser.add_argument("--freeze", action="store_true",
+                        help="die mode: the victim stops (SIGSTOP, a hang) instead of dying")
     parser.add_argument("--hang-after", type=float, default=120.0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
