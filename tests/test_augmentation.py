@@ -279,3 +279,14 @@ def test_bad_images_raise():
         aug.augment(jax.random.PRNGKey(0), np.zeros((28, 28, 1)), aug.SEED_RECIPE)
     with pytest.raises(ValueError, match="channels"):
         aug.augment(jax.random.PRNGKey(0), np.zeros((2, 1, 28, 28)), aug.SEED_RECIPE)
+
+
+def test_eager_equals_jit_and_uint8_equals_float_input():
+    x = random_images(3, 14, 14, 1, dtype=np.uint8)
+    key = jax.random.PRNGKey(11)
+    eager = np.asarray(aug.augment(key, x, aug.SEED_RECIPE))
+    np.testing.assert_allclose(eager, np.asarray(aug.augment_jit(key, x, aug.SEED_RECIPE)),
+                               atol=1e-4)
+    from_float = aug.augment_jit(key, x.astype(np.float32), aug.SEED_RECIPE)
+    np.testing.assert_allclose(np.asarray(from_float), eager, atol=1e-4)
+    assert eager.dtype == np.float32 and 0 <= eager.min() and eager.max() <= 255
