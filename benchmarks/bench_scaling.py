@@ -3,8 +3,9 @@
 Ours: `jaxscale.scale` jitted per mode on device-resident uint8 batches (several distinct
 buffers, rotated), float32 out, as the training step receives them. Bytes moved per batch =
 uint8 read + float32 written (+ the ZCA matrix read once per batch). The roofline is a large
-elementwise copy (read + write of a 256 MiB buffer on accelerators, 64 MiB on CPU) measured in
-the same run. Peer: Keras' `flow` of the same mode at the same batch size.
+elementwise copy measured in the same run (`copy_bandwidth`). Peer: Keras' `flow` of the same
+mode; its cost is a per-image Python loop, so its batch is capped at `KERAS_MAX_BATCH` (and ZCA,
+~1k images/s there, gets one batch per repeat) to keep the run short.
 """
 
 from __future__ import annotations
@@ -19,24 +20,32 @@ import jaxscale
 from benchmarks import keras_peer
 from benchmarks.timing import measure
 
+KERAS_MAX_BATCH = 1024
 MODES = ("none", "normalize", "center", "standardize", "sample_center",
          "sample_standardize", "zca")
 
 
-def copy_bandwidth(megabytes: int | None = None, *, repeats: int = 5) -> dict:
-    """Achieved read+write GB/s of a large elementwise copy on the default device.
+def copy_bandwidth(megabytes: int | None = None, *, buffers: int | None = None,
+                   repeats: int = 5) -> dict:
+    """Achieved read+write GB/s of an elementwise copy on the default device (the roofline).
 
     An xor with 1 over uint32 forces a real read and write (an identity could be forwarded).
+    On CPU the buffers are 16 MiB, about a scaling batch's output: much larger ones are
+    allocated fresh by mmap on every call and page faults, not memory, would set the figure;
+    8 of them are rotated so the last-level cache does not hold them. Accelerators copy two
+    256 MiB buffers.
     """
-    if megabytes is None:
-        megabytes = 64 if jax.default_backend() == "cpu" else 256
+    cpu = jax.default_backend() == "cpu"
+    megabytes = megabytes or (16 if cpu else 256)
+    buffers = buffers or (8 if cpu else 2)
     words = megabytes * (1 << 20) // 4
-    buffers = [jax.device_put(np.full(words, i, np.uint32)) for i in range(2)]
+    inputs = [jax.device_put(np.full(words, i, np.uint32)) for i in range(buffers)]
     copy = jax.jit(lambda x: x ^ jnp.uint32(1))
-    timing = measure(copy, buffers, items=1, repeats=repeats, warmup=2)
-    moved = 2 * words * 4
+    timing = measure(copy, inputs, items=1, repeats=repeats, warmup=buffers,
+                     calls_per_repeat=buffers)
+    moved = 2 * words * 4 * buffers
     return {"bench": "scaling", "name": "copy_roofline", "megabytes": megabytes,
-            "gb_per_s": moved / timing.median_s / 1e9,
+            "buffers": buffers, "gb_per_s": moved / timing.median_s / 1e9,
             "gb_per_s_max": moved / min(timing.seconds) / 1e9,
             "seconds_median": timing.median_s, "seconds_repeats": list(timing.seconds),
             "spread": timing.spread}
@@ -59,7 +68,7 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
 
     Args:
       images: the data; featurewise modes are fitted on all of it (not timed).
-      batch_size: images per scaling call (ours and Keras').
+      batch_size: images per scaling call (Keras': at most KERAS_MAX_BATCH).
       buffers: distinct device-resident batches rotated through (fewer if N is small).
       repeats: timed repeats; each scales every buffer once.
       keras_batches: Keras `flow` batches per repeat; keras=False skips Keras.
@@ -87,9 +96,9 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
                **timing.summary(), "gb_per_s": gb_per_s,
                "roofline_fraction": gb_per_s / roofline["gb_per_s"],
                "keras_images_per_s": None, "ratio": None}
-        peer = (keras_peer.keras_flow_timing(images, mode, batch_size=batch_size,
-                                             batches=keras_batches, repeats=3)
-                if keras else None)
+        peer = (keras_peer.keras_flow_timing(
+            images, mode, batch_size=min(batch_size, KERAS_MAX_BATCH),
+            batches=1 if mode == "zca" else keras_batches, repeats=3) if keras else None)
         if peer is not None:
             row["keras_images_per_s"] = peer.items_per_s
             row["keras_spread"] = peer.spread

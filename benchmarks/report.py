@@ -51,6 +51,10 @@ def format_table(rows: Iterable[dict]) -> str:
     return "\n".join(lines)
 
 
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -84,13 +88,13 @@ def write_chart(path: str | Path, rows: list[dict], *, title: str = "") -> Path 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    drawn = [r for r in rows if r.get("bench") in CHART_BENCHES and r.get("images_per_s")
-             and r.get("name") != "keras_train_on_batch"]
+    drawn = [r for r in rows if r.get("bench") in CHART_BENCHES
+             and _positive(r.get("images_per_s")) and r.get("name") != "keras_train_on_batch"]
     if not drawn:
         return None
     labels = [f"{r['bench']}: {r['name']}" for r in drawn]
     ours = [r["images_per_s"] for r in drawn]
-    peers = [_peer_rate(r) or 0.0 for r in drawn]
+    peers = [_peer_rate(r) if _positive(_peer_rate(r)) else 0.0 for r in drawn]
     positions = range(len(drawn))
     height = 0.4
     figure, axes = plt.subplots(figsize=(9, 0.42 * len(drawn) + 1.6))

@@ -116,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "or ../shared/data/mnist; synthetic data when absent)")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help="comma-separated sections to run (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only the first LIMIT training images (smoke tests)")
     parser.add_argument("--no-keras", action="store_true",
                         help="skip the Keras peer even when keras is installed")
     args = parser.parse_args(argv)
@@ -135,7 +137,8 @@ def main(argv=None) -> dict:
     from benchmarks import keras_peer, report
 
     started = time.perf_counter()
-    data = bench_data.load_bench_data(args.data_dir)
+    size = args.limit or bench_data.MNIST_TRAIN_SIZE
+    data = bench_data.load_bench_data(args.data_dir, num_examples=size)
     keras = not args.no_keras and keras_peer.keras_version() is not None
     meta = run_metadata(data.source, args.quick)
     meta["keras_peer"] = keras

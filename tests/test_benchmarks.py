@@ -1,0 +1,173 @@
+"""Benchmark harness: timing method, report files and schema, sections on tiny inputs.
+
+No timing is asserted: only that the pieces run, count what they should and write what they
+promise.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_scaling, bench_stats, bench_train, data, keras_peer, report, run
+from benchmarks.timing import Timing, measure
+
+
+def tiny_images(n=64, h=8, w=8, c=1, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("warmup,repeats,calls", [(0, 1, 1), (2, 3, 4)])
+def test_measure_excludes_warmup_and_rotates_buffers(warmup, repeats, calls):
+    seen = []
+    timing = measure(seen.append, ["a", "b", "c"], items=10, repeats=repeats, warmup=warmup,
+                     calls_per_repeat=calls)
+    total = warmup + repeats * calls
+    assert seen == [["a", "b", "c"][k % 3] for k in range(total)]
+    assert len(timing.seconds) == repeats
+    assert timing.items == 10 * calls
+
+
+def test_timing_summary_figures():
+    timing = Timing((2.0, 1.0, 4.0), items=8)
+    summary = timing.summary()
+    assert summary["seconds_median"] == 2.0
+    assert summary["spread"] == pytest.approx(1.5)
+    assert summary["images_per_s"] == 4.0
+    assert (summary["images_per_s_min"], summary["images_per_s_max"]) == (2.0, 8.0)
+
+
+@pytest.mark.parametrize("kwargs,message", [({"inputs": []}, "at least one"),
+                                            ({"repeats": 0}, "repeats")])
+def test_measure_rejects_bad_arguments(kwargs, message):
+    arguments = {"inputs": [1], "items": 1, "repeats": 1} | kwargs
+    with pytest.raises(ValueError, match=message):
+        measure(lambda x: x, **arguments)
+
+
+@pytest.mark.parametrize("mode,expected", [("none", 2 * 784 * 5),
+                                           ("zca", 2 * 784 * 5 + 784 * 784 * 4)])
+def test_bytes_per_batch(mode, expected):
+    assert bench_scaling.bytes_per_batch(mode, (2, 28, 28, 1)) == expected
+
+
+def test_synthetic_data_when_no_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_SHARED", tmp_path / "absent")
+    monkeypatch.delenv("JAXSCALE_DATA_DIR", raising=False)
+    bench = data.load_bench_data(tmp_path, num_examples=32)
+    assert bench.images.shape == (32, 28, 28, 1) and bench.images.dtype == np.uint8
+    assert bench.source.startswith("synthetic") and not bench.is_real
+    assert bench.labels.min() >= 0 and bench.labels.max() <= 9
+
+
+def test_real_mnist_when_files_are_there(mnist_dir):
+    bench = data.load_bench_data(mnist_dir, num_examples=100)
+    assert bench.is_real and bench.images.shape == (100, 28, 28, 1)
+    assert int(bench.labels[0]) == 5 and int(bench.images[0].sum()) == 27525
+
+
+def test_scaling_rows_on_tiny_input():
+    rows = bench_scaling.run(tiny_images(), modes=("none", "standardize"), batch_size=16,
+                             buffers=2, repeats=1, keras=False,
+                             roofline=bench_scaling.copy_bandwidth(1, buffers=2, repeats=1))
+    assert [r["name"] for r in rows] == ["copy_roofline", "none", "standardize"]
+    for row in rows[1:]:
+        assert row["batch_size"] == 16 and row["buffers"] == 2
+        assert row["gb_per_s"] > 0 and row["images_per_s"] > 0
+        assert row["roofline_fraction"] == pytest.approx(row["gb_per_s"] / rows[0]["gb_per_s"])
+        assert row["ratio"] is None
+
+
+def test_stats_rows_on_tiny_input():
+    rows = bench_stats.run(tiny_images(), repeats=1, modes=("standardize",), keras=False)
+    assert [r["name"] for r in rows] == ["compute_stats", "fit_scaling[standardize]"]
+    assert rows[0]["peer"] == "numpy mean+std" and rows[0]["ratio"] > 0
+    assert rows[1]["ratio"] is None
+
+
+def test_numpy_peer_computes_keras_statistics():
+    images = tiny_images(c=3)
+    mean, std = keras_peer.numpy_fit_stats(images)
+    np.testing.assert_allclose(mean, images.reshape(-1, 3).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, images.reshape(-1, 3).std(0), rtol=1e-5)
+
+
+def test_keras_flow_peer_does_the_same_work_as_ours():
+    pytest.importorskip("keras")
+    import jaxscale
+
+    images = tiny_images(n=32)
+    generator = keras_peer.keras_generator("standardize")
+    generator.fit(images)
+    keras_batch = next(generator.flow(images, batch_size=32, shuffle=False))
+    config = jaxscale.scaling_config("standardize")
+    ours = jaxscale.scale(images, config, jaxscale.fit_scaling(config, images))
+    np.testing.assert_allclose(np.asarray(ours), keras_batch, rtol=1e-4, atol=1e-4)
+    timing = keras_peer.keras_flow_timing(images, "standardize", batch_size=8, batches=2,
+                                          repeats=1)
+    assert timing.items == 16 and len(timing.seconds) == 1
+
+
+def test_train_rows_compute_overhead_against_none(monkeypatch):
+    rates = {"none": 1000.0, "standardize": 800.0, "normalize": 500.0}
+
+    def fake_benchmark(*, scaling, augment, **kwargs):
+        return {"images_per_s": rates[scaling], "step_ms_median": 1.0, "step_ms_spread": 0.1,
+                "compiles": 1}
+
+    monkeypatch.setattr(bench_train, "train_step_benchmark", lambda: (fake_benchmark, None))
+    rows = bench_train.run(tiny_images(), np.zeros(64, np.int32), modes=("none", "standardize"),
+                           keras=False)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["none"]["overhead_pct"] == 0.0
+    assert by_name["standardize"]["overhead_pct"] == pytest.approx(25.0)
+    assert by_name["augment+normalize"]["overhead_pct"] == pytest.approx(100.0)
+    assert by_name["keras_train_on_batch"]["status"] == "n/a"
+
+
+def test_train_rows_say_why_when_training_is_missing(monkeypatch):
+    monkeypatch.setattr(bench_train, "train_step_benchmark", lambda: (None, "not yet"))
+    rows = bench_train.run(tiny_images(), np.zeros(64, np.int32), modes=("none",),
+                           augment=False, keras=False)
+    assert [(r["name"], r["status"], r["why"]) for r in rows[:1]] == [("none", "n/a", "not yet")]
+
+
+def test_report_table_json_and_chart(tmp_path):
+    rows = [{"bench": "scaling", "name": "copy_roofline", "gb_per_s": 3.0, "spread": 0.1},
+            {"bench": "scaling", "name": "none", "images_per_s": 2e6, "spread": 0.05,
+             "keras_images_per_s": 1e5, "ratio": 20.0, "gb_per_s": 7.8,
+             "roofline_fraction": 2.6, "extra": np.float32(1.5)},
+            {"bench": "train", "name": "zca", "status": "n/a", "why": "not yet"},
+            {"bench": "train", "name": "none", "images_per_s": float("nan")}]
+    table = report.format_table(rows)
+    assert "20.0x" in table and "not yet" in table and "2,000,000" in table
+    path = report.write_json(tmp_path / "r.json", {"device": "cpu"}, rows)
+    document = json.loads(path.read_text())
+    assert document["schema"] == report.SCHEMA_VERSION
+    assert document["rows"][1]["extra"] == 1.5 and document["rows"][3]["images_per_s"] is None
+    chart = report.write_chart(tmp_path / "c.png", rows, title="t")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.write_chart(tmp_path / "none.png", rows[2:]) is None
+
+
+def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_SHARED", tmp_path / "absent")
+    monkeypatch.delenv("JAXSCALE_DATA_DIR", raising=False)
+    result = run.main(["--quick", "--only", "stats,scaling", "--out", str(tmp_path),
+                       "--no-keras", "--limit", "64"])
+    document = json.loads((tmp_path / "latest.json").read_text())
+    meta = document["meta"]
+    assert meta["quick"] is True and meta["data_source"].startswith("synthetic")
+    assert meta["versions"]["jax"] and meta["device"] and not meta["keras_peer"]
+    assert set(meta["section_seconds"]) == {"stats", "scaling"}
+    names = [(r["bench"], r["name"]) for r in document["rows"]]
+    assert ("scaling", "zca") in names and ("stats", "compute_stats") in names
+    assert all(math.isfinite(r["images_per_s"]) for r in document["rows"]
+               if r["bench"] == "scaling" and r["name"] != "copy_roofline")
+    assert (tmp_path / "latest.png").exists() and result["chart"] == tmp_path / "latest.png"
+
+
+def test_run_rejects_unknown_section():
+    with pytest.raises(SystemExit):
+        run.parse_args(["--only", "stats,bogus"])
