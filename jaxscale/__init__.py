@@ -13,7 +13,39 @@ from jaxscale.statistics import (
     save_stats,
     update_stats,
 )
+from jaxscale.augmentation import (
+    FILL_MODES,
+    SEED_RECIPE,
+    AugmentConfig,
+    Transforms,
+    apply_transforms,
+    augment,
+    augment_config,
+    augment_jit,
+    sample_transforms,
+    transform_matrices,
+)
+from jaxscale.datasets import (
+    Dataset,
+    DatasetFileError,
+    load_data_source,
+    load_dataset,
+    load_process_shard,
+    synthetic_dataset,
+)
 from jaxscale.generator import ImageDataGenerator
+from jaxscale.pipeline import (
+    Batch,
+    DeviceDataset,
+    epoch_indices,
+    epoch_key,
+    gather_batch,
+    put_on_device,
+    resident_batches,
+    scan_epoch,
+    stream_batches,
+    take_batch,
+)
 from jaxscale.scaling import (
     MODES,
     ScalingConfig,
