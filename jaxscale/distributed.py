@@ -133,6 +133,24 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                 jax.device_count())
 
 
+def auto_initialize(**kwargs) -> bool:
+    """`initialize()` when this process is evidently part of a multi-process job, else nothing.
+
+    "Evidently": a Cloud TPU VM, a Slurm/Open MPI job, or `JAX_COORDINATOR_ADDRESS` set. Lets a
+    command line start distributed without a flag on TPU VMs and stay single-process on a
+    laptop. Keyword arguments go to `initialize`.
+
+    Returns:
+      True if the process is (now) part of a distributed job.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    if on_cloud_tpu_vm() or _known_cluster() or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        initialize(**kwargs)
+        return True
+    return False
+
+
 def _known_cluster() -> bool:
     """Slurm or Open MPI launched us: JAX detects address, count and id itself."""
     return "SLURM_JOB_ID" in os.environ or "OMPI_MCA_orte_hnp_uri" in os.environ \

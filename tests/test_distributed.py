@@ -78,6 +78,23 @@ def test_initialize_reads_process_numbers_from_environment(monkeypatch):
         distributed.initialize("127.0.0.1:1", process_id=0)
 
 
+def test_auto_initialize_stays_single_process_off_cluster(monkeypatch):
+    for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
+                 "OMPI_MCA_orte_hnp_uri"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: False)
+    assert distributed.auto_initialize() is False
+    assert jax.process_count() == 1
+
+
+def test_auto_initialize_joins_on_a_tpu_vm(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: True)
+    monkeypatch.setattr(distributed, "initialize", lambda **kw: calls.append(kw))
+    assert distributed.auto_initialize(heartbeat_timeout_seconds=7) is True
+    assert calls == [{"heartbeat_timeout_seconds": 7}]
+
+
 @pytest.mark.parametrize("variable", ["TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES"])
 def test_cloud_tpu_vm_detected_from_worker_environment(monkeypatch, variable):
     monkeypatch.setenv(variable, "0")
