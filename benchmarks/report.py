@@ -31,7 +31,11 @@ def format_table(rows: Iterable[dict]) -> str:
     header = (f"{'bench':<9} {'name':<26} {'images/s':>13} {'spread':>7} {'peer img/s':>12} "
               f"{'ratio':>8} {'GB/s':>8} {'roofline':>8} {'overhead':>9}")
     lines = [header, "-" * len(header)]
+    rows = list(rows)
+    names = [(r.get("bench"), r.get("name")) for r in rows]
     for row in rows:
+        if names.count((row.get("bench"), row.get("name"))) > 1 and "batch_size" in row:
+            row = {**row, "name": f"{row['name']} @{row['batch_size']}"}
         if row.get("status") == "n/a":
             lines.append(f"{row['bench']:<9} {row['name']:<26} {'n/a':>13}  {row.get('why', '')}")
             continue

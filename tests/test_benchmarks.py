@@ -171,3 +171,10 @@ def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
 def test_run_rejects_unknown_section():
     with pytest.raises(SystemExit):
         run.parse_args(["--only", "stats,bogus"])
+
+
+def test_table_tells_rows_of_the_same_name_apart_by_batch():
+    rows = [{"bench": "augment", "name": "augment_jit", "batch_size": b, "images_per_s": 1.0}
+            for b in (64, 1024)]
+    table = report.format_table(rows)
+    assert "augment_jit @64" in table and "augment_jit @1024" in table
