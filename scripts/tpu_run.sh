@@ -42,7 +42,8 @@ case $accelerator in
     v5p-*) runtime=v2-alpha-tpuv5 ;;
     v5litepod-*) runtime=v2-alpha-tpuv5-lite ;;
     v2-*|v3-*|v4-*) runtime=tpu-ubuntu2204-base ;;
-    *) echo "tpu_run.sh: unknown accelerator type $accelerator (v4-8, v5litepod-16, v5p-8, v6e-8...)" >&2
+    *) echo "tpu_run.sh: unknown accelerator type $accelerator" \
+            "(v4-8, v5litepod-16, v5p-8, v6e-8...)" >&2
        exit 2 ;;
 esac
 runtime=${TPU_RUNTIME_VERSION:-$runtime}
