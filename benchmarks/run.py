@@ -65,8 +65,7 @@ def settings(quick: bool) -> dict:
         return {"stats": {"repeats": 3, "modes": ("standardize",)},
                 "scaling": {"batch_size": 2048, "buffers": 4, "repeats": 3,
                             "keras_batches": 2},
-                "train": {"steps": 5, "warmup": 2,
-                          "modes": ("none", "standardize", "sample_standardize")}}
+                "train": {"steps": 5, "warmup": 1, "modes": ("none", "standardize")}}
     return {"stats": {"repeats": 5},
             "scaling": {"batch_size": 4096, "buffers": 8, "repeats": 5, "keras_batches": 4},
             "train": {"steps": 20, "warmup": 3}}
