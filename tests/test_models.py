@@ -1,0 +1,58 @@
+"""Models: registry, output shapes, parameter counts, BatchNorm really in the graph."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxscale import models
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name,params,bn_layers", [
+    # small: 32*9+32 + 64*32*9+64 + 1600*64+64 + 64*10+10
+    ("small_cnn", 320 + 18496 + 102464 + 650, 0),
+    # BN CNN: conv weights (no bias) + 5 BN scale/offset + dense 1024*512 + 512*10+10
+    ("bn_cnn", 288 + 9216 + 18432 + 36864 + 2 * (32 + 32 + 64 + 64 + 512) + 524288 + 5130, 5),
+])
+def test_parameter_counts_and_batchnorm(name, params, bn_layers):
+    model = models.get_model(name, 10)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
+    assert _count(variables["params"]) == params
+    assert len(variables.get("batch_stats", {})) == bn_layers
+    logits = model.apply(variables, jnp.zeros((3, 28, 28, 1)))
+    assert logits.shape == (3, 10)
+
+
+def test_batchnorm_changes_running_stats_in_training():
+    model = models.get_model("bn_cnn", 10)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1)) * 3 + 2
+    variables = model.init(jax.random.PRNGKey(0), x)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                             rngs={"dropout": jax.random.PRNGKey(2)})
+    before = variables["batch_stats"]["BatchNorm_0"]["mean"]
+    after = updates["batch_stats"]["BatchNorm_0"]["mean"]
+    assert float(jnp.abs(after - before).max()) > 1e-3
+
+
+def test_dropout_rate_override_makes_training_deterministic():
+    model = models.get_model("bn_cnn", 10, dropout_rate=0.0)
+    assert model.dropout_rate == 0.0
+    x = jnp.ones((2, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    outs = [model.apply(variables, x, train=True, mutable=["batch_stats"],
+                        rngs={"dropout": jax.random.PRNGKey(k)})[0] for k in (1, 2)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_registry_errors_and_extension():
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get_model("resnet9000")
+    with pytest.raises(ValueError, match="num_classes"):
+        models.get_model("small_cnn", 0)
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model("small_cnn")(lambda n, **k: None)
+    assert {"small_cnn", "bn_cnn"} <= set(models.MODELS)
