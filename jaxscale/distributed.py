@@ -34,6 +34,7 @@ from jaxscale.statistics import (
     merge_stats_across_hosts,
     stat_shape,
 )
+from jaxscale.scaling import ScalingConfig, ScalingParams, fit_scaling
 from jaxscale.validation import DataFormat, check_data_format
 
 logger = logging.getLogger(__name__)
@@ -253,3 +254,36 @@ def global_dataset_stats(local_images, *, scope: Scope = "channel",
         stats = compute_stats(local_images, scope=scope, data_format=data_format,
                               batch_size=batch_size)
     return merge_stats_across_hosts(stats)
+
+
+def global_scaling_params(config: ScalingConfig, local_images, *,
+                          batch_size: int = 8192) -> ScalingParams:
+    """`fit_scaling` over the union of every process's images, the same on every process.
+
+    Each process fits its own images (statistics of the images as `scale` sees them before
+    the featurewise steps), then the statistics are merged exactly across hosts.
+
+    Args:
+      config: the scaling config; modes without featurewise steps need no fit.
+      local_images: uint8 or float[N_local, H, W, C] (or channels_first), N_local >= 1.
+      batch_size: images per local device step.
+
+    Returns:
+      ScalingParams (mean/std of all hosts' images; all None when the config needs no fit).
+
+    Raises:
+      ValueError: ZCA whitening with several processes (its D x D co-moments are not merged
+        across hosts; fit it on one host and load it with `load_scaling`).
+    """
+    if not config.needs_fit:
+        return ScalingParams()
+    if config.zca_whitening and jax.process_count() > 1:
+        raise ValueError("zca_whitening is not fitted across processes: fit it on one host "
+                         "(fit_scaling + save_scaling) and load_scaling it on every host")
+    local = fit_scaling(config, local_images, batch_size=batch_size)
+    if jax.process_count() == 1:
+        return local
+    stats = merge_stats_across_hosts(local.stats)
+    return ScalingParams(mean=stats.mean if config.featurewise_center else None,
+                         std=stats.std if config.featurewise_std_normalization else None,
+                         stats=stats)

@@ -4,8 +4,10 @@
         --num-processes 2 --process-id 0 --out DIR
 
 Modes:
-  job:  global dataset statistics of this process's shard, then a few SGD steps of a small BN
-        CNN on global batches assembled from every process's local rows. Writes DIR/<id>.json.
+  job:  global dataset statistics of this process's shard, then a few SGD steps of the
+        package's BN CNN (jaxscale.training + jaxscale.parallel's jit + Mesh runner over all
+        devices of all processes) on global batches assembled from every process's local rows,
+        standardized with statistics fitted across processes. Writes DIR/<id>.json.
         With --num-processes 1 and no coordinator it is the single-process reference: the same
         global batches built from all shards in one process.
   die:  joins the job and computes statistics; then process 1 kills itself with SIGKILL while
@@ -26,32 +28,17 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxscale import distributed
 from jaxscale.datasets import synthetic_dataset
 
 NUM_EXAMPLES = 96
-IMAGE_SHAPE = (8, 8, 3)
+IMAGE_SHAPE = (16, 16, 3)  # the smallest the BN CNN's valid convs and pools take
 SHARDS = 2  # the data layout of the multi-process run; the reference rebuilds it in one process
 LOCAL_BATCH = 8  # rows per shard per step; global batch = SHARDS * LOCAL_BATCH
 STEPS = 3
-
-
-def _model():
-    import flax.linen as nn
-
-    class SmallCNN(nn.Module):
-        @nn.compact
-        def __call__(self, x, train: bool):
-            x = nn.Conv(8, (3, 3))(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
-            x = nn.relu(x)
-            x = x.mean(axis=(1, 2))
-            return nn.Dense(10)(x)
-
-    return SmallCNN()
 
 
 def _global_batches(dataset, num_processes: int, process_id: int):
@@ -67,8 +54,9 @@ def _global_batches(dataset, num_processes: int, process_id: int):
 
 
 def run_job(args) -> dict:
-    import optax
-    from jax.sharding import NamedSharding, PartitionSpec
+    from jaxscale.parallel import make_runner
+    from jaxscale.scaling import scaling_config
+    from jaxscale.training import TrainConfig, create_train_state, make_optimizer
 
     dataset = synthetic_dataset(NUM_EXAMPLES, IMAGE_SHAPE, seed=1)
     if args.num_processes == 1:
@@ -78,47 +66,37 @@ def run_job(args) -> dict:
                                                                 drop_remainder=False)]
     stats = {scope: distributed.global_dataset_stats(local_images, scope=scope, batch_size=16)
              for scope in ("channel", "global")}
-    mean = np.asarray(stats["channel"].mean)
-    std = np.asarray(stats["channel"].std)
 
+    # The package's BN CNN on the jit + Mesh path, over every device of every process.
+    config = TrainConfig(model="bn_cnn", scaling="standardize", optimizer="sgd",
+                         learning_rate=0.05, batch_size=SHARDS * LOCAL_BATCH,
+                         eval_batch_size=SHARDS * LOCAL_BATCH, parallel="mesh", seed=0)
+    scaling = scaling_config(config.scaling)
+    scaling_params = distributed.global_scaling_params(scaling, local_images, batch_size=16)
+    tx = make_optimizer(config, STEPS)
+    runner = make_runner("mesh", config, tx, scaling, scaling_params, devices=jax.devices())
+    state = runner.put_state(create_train_state(runner.model, tx, IMAGE_SHAPE,
+                                                jax.random.key(config.seed)))
     sharding = distributed.batch_sharding()
-    replicated = NamedSharding(sharding.mesh, PartitionSpec())
-    model = _model()
-    variables = model.init(jax.random.key(0), jnp.zeros((1,) + IMAGE_SHAPE), train=False)
-    optimizer = optax.sgd(0.1, momentum=0.9)
-    state = (variables["params"], variables["batch_stats"],
-             optimizer.init(variables["params"]))
-    state = jax.device_put(state, replicated)
-
-    def train_step(state, images, labels):
-        params, batch_stats, opt_state = state
-        x = (images.astype(jnp.float32) - mean) / std
-
-        def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
-                                          train=True, mutable=["batch_stats"])
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, updates["batch_stats"]
-
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), new_stats, opt_state), loss
-
-    train_step = jax.jit(train_step, out_shardings=(replicated, replicated))
+    # A key made on one device cannot be device_put onto other processes' devices: make it
+    # replicated in the first place.
+    key = jax.jit(lambda: jax.random.key(config.seed),
+                  out_shardings=NamedSharding(sharding.mesh, PartitionSpec()))()
     losses = []
     for images, labels in _global_batches(dataset, args.num_processes, args.process_id):
         global_images, global_labels = distributed.global_batch_from_local(
             (images, labels), sharding)
-        state, loss = train_step(state, global_images, global_labels)
-        losses.append(float(loss.addressable_data(0)))
-    leaves = jax.tree_util.tree_leaves(state[:2])
-    checksum = [float(np.abs(np.asarray(leaf.addressable_data(0), np.float64)).sum())
-                for leaf in leaves]
+        state, metrics = runner.train_batch(state, global_images, global_labels, key)
+        losses.append(float(metrics["loss"].addressable_data(0)))
+    host_state = runner.get_state(state)
+    leaves = jax.tree_util.tree_leaves((host_state.params, host_state.batch_stats))
+    checksum = [float(np.abs(np.asarray(leaf, np.float64)).sum()) for leaf in leaves]
     return {
         "process_index": jax.process_index(), "process_count": jax.process_count(),
         "device_count": jax.device_count(), "main": distributed.is_main_process(),
         "stats": {scope: {"count": int(s.count), "mean": np.asarray(s.mean).tolist(),
                           "std": np.asarray(s.std).tolist()} for scope, s in stats.items()},
+        "scaling_mean": np.asarray(scaling_params.mean).tolist(),
         "losses": losses, "param_checksum": checksum,
     }
 

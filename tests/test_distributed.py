@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from jaxscale import distributed
+from jaxscale.scaling import fit_scaling, scaling_config
 from jaxscale.statistics import compute_stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +138,27 @@ def test_global_dataset_stats_of_an_empty_host_is_the_identity(data_format, shap
     assert stats.elements_per_image == 20
 
 
+@pytest.mark.parametrize("mode", ["standardize", "none"])
+def test_global_scaling_params_single_process_equals_fit_scaling(mode):
+    config = scaling_config(mode)
+    images = np.random.default_rng(1).integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    got = distributed.global_scaling_params(config, images, batch_size=5)
+    want = fit_scaling(config, images, batch_size=5)
+    for name in ("mean", "std"):
+        if getattr(want, name) is None:
+            assert getattr(got, name) is None
+        else:
+            np.testing.assert_array_equal(np.asarray(getattr(got, name)),
+                                          np.asarray(getattr(want, name)))
+
+
+def test_global_scaling_params_refuses_zca_across_processes(monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    config = scaling_config("zca")
+    with pytest.raises(ValueError, match="zca_whitening is not fitted across processes"):
+        distributed.global_scaling_params(config, np.zeros((4, 2, 2, 1), np.uint8))
+
+
 # ---------------------------------------------------------------- multi-process jobs
 
 
@@ -209,9 +231,11 @@ def test_stats_across_processes_equal_single_process(job_results, scope):
 
 
 def test_training_across_processes_matches_single_process(job_results):
+    """jaxscale's BN CNN (with dropout) on the jit + Mesh runner over all processes' devices."""
     multi, single = job_results
     assert len(single["losses"]) == 3
     for result in multi:
+        np.testing.assert_allclose(result["scaling_mean"], single["scaling_mean"], rtol=1e-6)
         np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5)
         np.testing.assert_allclose(result["param_checksum"], single["param_checksum"],
                                    rtol=1e-5, atol=1e-6)
