@@ -392,7 +392,8 @@ def train(config: TrainConfig, train_data, test_data=None, *,
         latest = checkpoint.latest_checkpoint(checkpoint_dir)
         if latest is not None:
             host_state, meta = checkpoint.restore_checkpoint(latest, host_state)
-            history = meta.get("history", [])
+            # A run stopped mid-epoch logged a partial epoch; it is trained again in full.
+            history = [h for h in meta.get("history", []) if h["step"] % steps_per_epoch == 0]
     state = runner.put_state(host_state)
     data = runner.put_data(images, labels)
     test = None
