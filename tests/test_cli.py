@@ -1,0 +1,55 @@
+"""The command line: every flag documented, train and stats end to end on a slice of MNIST."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxscale import cli
+
+
+@pytest.mark.parametrize("command", ["train", "stats"])
+def test_every_flag_has_help(command):
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= (25 if command == "train" else 8)
+    assert [a.dest for a in flags if not a.help] == []
+    text = sub.format_help()
+    for action in flags:
+        assert action.option_strings[-1] in text
+
+
+def test_bad_devices_flag_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--devices", "zero"])
+    assert "--devices" in capsys.readouterr().err
+
+
+def test_stats_matches_numpy(mnist_dir, capsys):
+    from jaxscale.datasets import load_dataset
+    assert cli.main(["stats", "--data-dir", str(mnist_dir), "--split", "test[:2000]",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    images = load_dataset("mnist", "test[:2000]", data_dir=mnist_dir).images.astype(np.float64)
+    assert out["count"] == 2000
+    np.testing.assert_allclose(out["mean"], [images.mean()], rtol=1e-5)
+    np.testing.assert_allclose(out["std"], [images.std()], rtol=1e-4)
+
+
+def test_train_smoke_writes_metrics_summary_and_checkpoint(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    status = cli.main(["train", "--data-dir", str(mnist_dir), "--model", "small_cnn",
+                       "--scaling", "normalize", "--train-split", "train[:640]",
+                       "--test-split", "test[:200]", "--eval-batch-size", "200",
+                       "--epochs", "2", "--batch-size", "64", "--devices", "1",
+                       "--output-dir", str(out), "--no-progress", "--log-every", "5"])
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 20
+    assert summary["final"]["test_accuracy"] > 0.5
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["kind"] == "epoch"] == [10, 20]
+    assert (out / "checkpoints" / "step_00000020.msgpack").exists()
+    assert (out / "checkpoints" / "scaling.npz").exists()
+    assert "test_accuracy" in capsys.readouterr().out
