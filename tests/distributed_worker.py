@@ -10,6 +10,7 @@ Modes:
         standardized with statistics fitted across processes. Writes DIR/<id>.json.
         With --num-processes 1 and no coordinator it is the single-process reference: the same
         global batches built from all shards in one process.
+  train: jaxscale.training.train (the CLI's loop) on this process's shard, parallel="mesh".
   die:  joins the job and computes statistics; then process 1 kills itself with SIGKILL while
         the others keep running collectives. A survivor must fail, not hang (DIR/<id>.json
         records "hung" if it ever finishes).
@@ -101,6 +102,23 @@ def run_job(args) -> dict:
     }
 
 
+def run_train(args) -> dict:
+    """The package's own loop, `jaxscale.training.train`, on this process's shard."""
+    from jaxscale import training
+
+    dataset = synthetic_dataset(NUM_EXAMPLES, IMAGE_SHAPE, seed=1)
+    local = dataset.take(distributed.process_shard(len(dataset)))
+    config = training.TrainConfig(model="bn_cnn", batch_size=SHARDS * LOCAL_BATCH,
+                                  eval_batch_size=SHARDS * LOCAL_BATCH, epochs=1,
+                                  parallel="mesh")
+    result = training.train(config, local, max_steps=STEPS)
+    leaves = jax.tree_util.tree_leaves((result.state.params, result.state.batch_stats))
+    return {"process_index": jax.process_index(),
+            "train_loss": result.history[-1]["train_loss"],
+            "param_checksum": [float(np.abs(np.asarray(leaf, np.float64)).sum())
+                               for leaf in leaves]}
+
+
 def run_die(args) -> dict:
     from jax.experimental import multihost_utils
 
@@ -122,7 +140,7 @@ def run_die(args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("job", "die"), default="job")
+    parser.add_argument("--mode", choices=("job", "train", "die"), default="job")
     parser.add_argument("--coordinator", default=None)
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
@@ -137,7 +155,7 @@ def main(argv=None) -> int:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                heartbeat_timeout_seconds=args.heartbeat,
                                initialization_timeout=60)
-    result = run_job(args) if args.mode == "job" else run_die(args)
+    result = {"job": run_job, "train": run_train, "die": run_die}[args.mode](args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.process_id}.json").write_text(json.dumps(result))
     return 0

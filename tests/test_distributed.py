@@ -244,6 +244,19 @@ def test_training_across_processes_matches_single_process(job_results):
     assert single["losses"][-1] < single["losses"][0]
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="training.train is not multi-process yet (at fe29f53 "
+                   "its Mesh spans local devices and scaling is fitted on the local shard, so "
+                   "each process trains alone); remove this mark once it passes")
+def test_training_loop_across_processes_keeps_hosts_identical(tmp_path):
+    """`jaxscale train --distributed`'s loop must leave every host with the same parameters."""
+    processes, logs = _launch(tmp_path, "train", 2, 2)
+    _finish(processes, logs, timeout=240)
+    results = [json.loads((tmp_path / "out" / f"{i}.json").read_text()) for i in range(2)]
+    assert results[0]["param_checksum"] == results[1]["param_checksum"]
+    assert results[0]["train_loss"] == results[1]["train_loss"]
+
+
 def _run_until_survivor_fails(tmp: Path, victim: int, freeze: bool) -> tuple[int, float, str]:
     extra = ["--victim", str(victim), "--hang-after", "120"] + (["--freeze"] if freeze else [])
     processes, logs = _launch(tmp, "die", 2, 2, *extra)
