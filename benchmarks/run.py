@@ -37,6 +37,17 @@ def _version(module: str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (Linux), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_metadata(source: str, quick: bool) -> dict:
     """Device, versions and data source for the JSON file."""
     import jax
@@ -50,6 +61,8 @@ def run_metadata(source: str, quick: bool) -> dict:
         "device": getattr(device, "device_kind", str(device)),
         "device_count": jax.device_count(),
         "host_cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "host": platform.platform(),
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in
@@ -142,7 +155,8 @@ def main(argv=None) -> dict:
     meta = run_metadata(data.source, args.quick)
     meta["keras_peer"] = keras
     print(f"jaxscale bench{' --quick' if args.quick else ''}: {meta['device']} "
-          f"({meta['backend']}), data: {data.source}, {len(data.images)} images "
+          f"({meta['backend']}, host {meta['cpu_model']} x{meta['host_cpus']}), "
+          f"data: {data.source}, {len(data.images)} images "
           f"{data.images.shape[1:]}, keras peer: {'yes' if keras else 'no'}", flush=True)
     rows = []
     progress = tqdm(args.sections, desc="bench", unit="section", file=sys.stderr)
@@ -159,6 +173,8 @@ def main(argv=None) -> dict:
         rows.extend(section_rows)
     progress.close()
     meta["total_seconds"] = time.perf_counter() - started
+    # a busy host (other jobs on the cores) inflates spreads: keep the load next to results
+    meta["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     out = args.out
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     json_path = report.write_json(out / "latest.json", meta, rows)

@@ -159,7 +159,8 @@ def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
     document = json.loads((tmp_path / "latest.json").read_text())
     meta = document["meta"]
     assert meta["quick"] is True and meta["data_source"].startswith("synthetic")
-    assert meta["versions"]["jax"] and meta["device"] and not meta["keras_peer"]
+    assert meta["versions"]["jax"] and meta["device"] and meta["cpu_model"]
+    assert not meta["keras_peer"]
     assert set(meta["section_seconds"]) == {"stats", "scaling"}
     names = [(r["bench"], r["name"]) for r in document["rows"]]
     assert ("scaling", "zca") in names and ("stats", "compute_stats") in names
