@@ -50,6 +50,7 @@ class Runner:
       eval: (state, data, indices, mask, s) -> sums of eval_step on rows indices[s].
       train_batch: (state, images[B], labels[B], key) -> (state, metrics): step on a batch
         already placed (global arrays on the mesh, [D, B/D, ...] under pmap).
+      eval_batch: (state, images[B], labels[B], mask[B]) -> sums, on a placed batch.
     """
 
     kind: str
@@ -62,6 +63,7 @@ class Runner:
     train: Callable
     eval: Callable
     train_batch: Callable
+    eval_batch: Callable
 
 
 def select_devices(count: int | None = None) -> list:
@@ -141,7 +143,8 @@ def make_runner(kind: str, config: TrainConfig, tx, scaling, scaling_params=None
                   put_indices=put,
                   train=jax.jit(_fused(step), donate_argnums=0),
                   eval=jax.jit(_fused_eval(eval_step)),
-                  train_batch=jax.jit(step, donate_argnums=0))
+                  train_batch=jax.jit(step, donate_argnums=0),
+                  eval_batch=jax.jit(eval_step))
 
 
 def _pmap_runner(model, devices, step, eval_step) -> Runner:
@@ -173,7 +176,8 @@ def _pmap_runner(model, devices, step, eval_step) -> Runner:
         eval=jax.pmap(_fused_eval(eval_step), AXIS, in_axes=(0, 0, 0, 0, None),
                       devices=devices),
         train_batch=jax.pmap(step, AXIS, in_axes=(0, 0, 0, None), devices=devices,
-                             donate_argnums=0))
+                             donate_argnums=0),
+        eval_batch=jax.pmap(eval_step, AXIS, devices=devices))
 
 
 def data_mesh(devices) -> Mesh:
@@ -207,4 +211,6 @@ def _mesh_runner(model, devices, step, eval_step) -> Runner:
                   get_state=_host,
                   put_data=lambda x, y: jax.device_put((x, y), replicated),
                   put_indices=lambda indices: jax.device_put(indices, per_step_rows),
-                  train=train, eval=evaluate, train_batch=train_batch)
+                  train=train, eval=evaluate, train_batch=train_batch,
+                  eval_batch=jax.jit(eval_step, in_shardings=(replicated, rows, rows, rows),
+                                     out_shardings=replicated))

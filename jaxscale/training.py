@@ -321,6 +321,26 @@ def _check_data(images, labels):
                          f"{labels.shape}")
 
 
+def _global_batch(arrays):
+    from jaxscale.distributed import global_batch_from_local
+    return global_batch_from_local(arrays)
+
+
+def evaluate_process_local(runner, state, images, labels, batch_size: int) -> dict:
+    """`evaluate` for a run over several processes: each holds its own test rows (host
+    arrays, the same count on every process) and every step assembles the global batch."""
+    local = batch_size // jax.process_count()
+    indices, mask = pipeline.host_epoch_indices(0, 0, images.shape[0], local, shuffle=False)
+    total = None
+    for rows, valid in zip(indices, mask):
+        batch = _global_batch((images[rows], labels[rows], valid))
+        sums = runner.eval_batch(state, *batch)
+        total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
+    total = {k: float(np.asarray(v.addressable_data(0))) for k, v in total.items()}
+    count = max(total["count"], 1.0)
+    return {"loss": total["loss_sum"] / count, "accuracy": total["correct"] / count}
+
+
 def evaluate(runner, state, data, batch_size: int) -> dict:
     """Mean loss and accuracy of a placed `state` on resident `data` (runner.put_data)."""
     n = data[0].shape[0] if runner.kind != "pmap" else data[0].shape[1]
@@ -373,7 +393,13 @@ def train(config: TrainConfig, train_data, test_data=None, *,
     scaling = scaling_config(config.scaling)
     if scaling_params is None:
         scaling_params = fit_scaling(scaling, images)
-    steps_per_epoch = images.shape[0] // config.batch_size
+    # Several processes (jax.distributed): each holds its own rows and feeds its share of
+    # every global batch through `global_batch_from_local`; the step is the mesh one.
+    multi = jax.process_count() > 1
+    if multi and config.parallel != "mesh":
+        raise ValueError("a run over several processes needs parallel='mesh'")
+    local_batch = config.batch_size // jax.process_count()
+    steps_per_epoch = images.shape[0] // local_batch
     if steps_per_epoch < 1:
         raise ValueError(f"{images.shape[0]} training images < batch_size "
                          f"{config.batch_size}")
@@ -395,12 +421,13 @@ def train(config: TrainConfig, train_data, test_data=None, *,
             # A run stopped mid-epoch logged a partial epoch; it is trained again in full.
             history = [h for h in meta.get("history", []) if h["step"] % steps_per_epoch == 0]
     state = runner.put_state(host_state)
-    data = runner.put_data(images, labels)
+    data = None if multi else runner.put_data(images, labels)
     test = None
     if test_data is not None:
         test_images, test_labels, _ = _arrays(test_data)
         _check_data(test_images, test_labels)
-        test = runner.put_data(test_images, test_labels.astype(np.int32))
+        test_labels = test_labels.astype(np.int32)
+        test = None if multi else runner.put_data(test_images, test_labels)
 
     writer = _MetricsWriter(metrics_path if main else None,
                             tensorboard_dir if main else None)
@@ -411,7 +438,7 @@ def train(config: TrainConfig, train_data, test_data=None, *,
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
 
     def save(state_now):
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and main:
             checkpoint.save_checkpoint(checkpoint_dir, runner.get_state(state_now),
                                        scaling=(scaling, scaling_params),
                                        meta={"config": _config_dict(config),
@@ -422,15 +449,23 @@ def train(config: TrainConfig, train_data, test_data=None, *,
             epoch = step // steps_per_epoch
             first = step - epoch * steps_per_epoch
             indices, _ = pipeline.epoch_indices(pipeline.epoch_key(config.seed, epoch),
-                                                images.shape[0], config.batch_size,
+                                                images.shape[0], local_batch,
                                                 drop_remainder=True)
-            indices = runner.put_indices(indices)
+            if multi:
+                host_indices = np.asarray(indices)
+            else:
+                indices = runner.put_indices(indices)
             last = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
             sums = None
             window_start, window_steps = time.perf_counter(), 0
             epoch_start = time.perf_counter()
             for s in range(first, last):
-                state, metrics = runner.train(state, data, indices, s, run_key)
+                if multi:
+                    rows = host_indices[s]
+                    batch = _global_batch((images[rows], labels[rows]))
+                    state, metrics = runner.train_batch(state, *batch, run_key)
+                else:
+                    state, metrics = runner.train(state, data, indices, s, run_key)
                 sums = metrics if sums is None else jax.tree_util.tree_map(
                     jnp.add, sums, metrics)
                 step += 1
@@ -438,8 +473,8 @@ def train(config: TrainConfig, train_data, test_data=None, *,
                 if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
                     save(state)
                 if step % log_every == 0 or s == last - 1:
-                    means = {k: float(np.mean(v)) / (s - first + 1) for k, v in
-                             jax.device_get(sums).items()}
+                    means = {k: float(np.mean(np.asarray(v.addressable_data(0)))) /
+                             (s - first + 1) for k, v in sums.items()}
                     now = time.perf_counter()
                     rate = window_steps * config.batch_size / max(now - window_start, 1e-9)
                     window_start, window_steps = now, 0
@@ -457,8 +492,10 @@ def train(config: TrainConfig, train_data, test_data=None, *,
                       "train_loss": means["loss"], "train_accuracy": means["accuracy"],
                       "test_loss": None, "test_accuracy": None, "seconds": seconds,
                       "images_per_s": (last - first) * config.batch_size / seconds}
-            if test is not None:
-                result = evaluate(runner, state, test, config.eval_batch_size)
+            if test_data is not None:
+                result = (evaluate_process_local(runner, state, test_images, test_labels,
+                                                 config.eval_batch_size) if multi else
+                          evaluate(runner, state, test, config.eval_batch_size))
                 record.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
             history.append(record)
             writer.write({"kind": "epoch", **record})
