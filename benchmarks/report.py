@@ -26,16 +26,21 @@ def _peer_rate(row: dict):
     return row.get("keras_images_per_s", row.get("peer_images_per_s"))
 
 
+def _named_apart(rows: list[dict]) -> list[dict]:
+    """Rows whose (bench, name) repeats (a batch-size sweep) get " @<batch>" on the name."""
+    names = [(r.get("bench"), r.get("name")) for r in rows]
+    return [{**r, "name": f"{r['name']} @{r['batch_size']}"}
+            if names.count((r.get("bench"), r.get("name"))) > 1 and "batch_size" in r else r
+            for r in rows]
+
+
 def format_table(rows: Iterable[dict]) -> str:
     """One fixed-width line per row, grouped by bench, with a header."""
     header = (f"{'bench':<9} {'name':<26} {'images/s':>13} {'spread':>7} {'peer img/s':>12} "
               f"{'ratio':>8} {'GB/s':>8} {'roofline':>8} {'overhead':>9}")
     lines = [header, "-" * len(header)]
-    rows = list(rows)
-    names = [(r.get("bench"), r.get("name")) for r in rows]
+    rows = _named_apart(list(rows))
     for row in rows:
-        if names.count((row.get("bench"), row.get("name"))) > 1 and "batch_size" in row:
-            row = {**row, "name": f"{row['name']} @{row['batch_size']}"}
         if row.get("status") == "n/a":
             lines.append(f"{row['bench']:<9} {row['name']:<26} {'n/a':>13}  {row.get('why', '')}")
             continue
@@ -92,7 +97,7 @@ def write_chart(path: str | Path, rows: list[dict], *, title: str = "") -> Path 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    drawn = [r for r in rows if r.get("bench") in CHART_BENCHES
+    drawn = [r for r in _named_apart(list(rows)) if r.get("bench") in CHART_BENCHES
              and _positive(r.get("images_per_s")) and r.get("name") != "keras_train_on_batch"]
     if not drawn:
         return None
