@@ -90,9 +90,13 @@ def write_json(path: str | Path, meta: dict, rows: list[dict]) -> Path:
 def write_chart(path: str | Path, rows: list[dict], *, title: str = "") -> Path | None:
     """A PNG bar chart (log scale) of images/s per row: ours and the Keras peer side by side.
 
-    Returns the path, or None when no row has a rate to draw.
+    Returns the path, or None when no row has a rate to draw or matplotlib (an optional
+    extra) is not installed.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -183,7 +183,8 @@ def main(argv=None) -> dict:
                                title=f"{meta['device']} ({meta['backend']}), {data.source}")
     print(report.format_table(rows))
     print(f"\n{meta['total_seconds']:.0f} s; wrote {json_path}"
-          + (f" and {chart}" if chart else " (no chart: no rates)"), flush=True)
+          + (f" and {chart}" if chart else
+             " (no chart: no rates, or matplotlib, an optional extra, is missing)"), flush=True)
     return {"meta": meta, "rows": rows, "json": json_path, "chart": chart}
 
 

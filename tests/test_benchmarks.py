@@ -146,6 +146,7 @@ def test_report_table_json_and_chart(tmp_path):
     document = json.loads(path.read_text())
     assert document["schema"] == report.SCHEMA_VERSION
     assert document["rows"][1]["extra"] == 1.5 and document["rows"][3]["images_per_s"] is None
+    pytest.importorskip("matplotlib")
     chart = report.write_chart(tmp_path / "c.png", rows, title="t")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.write_chart(tmp_path / "none.png", rows[2:]) is None
