@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seed of initialisation, order, dropout and augmentation")
     train.add_argument("--parallel", default="auto", choices=("auto", *PARALLEL),
                        help="data parallelism: pmap, jit over a Mesh, or none; auto is "
-                       "mesh with more than one device, else none")
+                       "mesh with several accelerators or processes, else none")
     train.add_argument("--devices", type=_devices, default="all",
                        help="local devices to use: 'all' or a count")
     train.add_argument("--train-split", default="train", help="training split (tfds slice)")
@@ -138,8 +138,12 @@ def run_train(args) -> dict:
     _initialize(args)
     parallel = args.parallel
     if parallel == "auto":
+        # Host-platform "devices" share the same cores: splitting a batch over them buys no
+        # speed, and their in-process all-reduce can time out on a loaded machine.
         count = args.devices or jax.local_device_count()
-        parallel = "mesh" if count > 1 or jax.process_count() > 1 else "none"
+        accelerated = jax.devices()[0].platform != "cpu"
+        parallel = "mesh" if (count > 1 and accelerated) or jax.process_count() > 1 \
+            else "none"
     config = training.TrainConfig(
         model=args.model, scaling=args.scaling, augment=None if args.augment == "none"
         else args.augment, epochs=args.epochs, batch_size=args.batch_size,
