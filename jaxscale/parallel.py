@@ -51,6 +51,7 @@ class Runner:
       train_batch: (state, images[B], labels[B], key) -> (state, metrics): step on a batch
         already placed (global arrays on the mesh, [D, B/D, ...] under pmap).
       eval_batch: (state, images[B], labels[B], mask[B]) -> sums, on a placed batch.
+      batch_sharding: where "mesh" wants a global batch (rows over "data"); None otherwise.
     """
 
     kind: str
@@ -64,6 +65,7 @@ class Runner:
     eval: Callable
     train_batch: Callable
     eval_batch: Callable
+    batch_sharding: Any = None
 
 
 def select_devices(count: int | None = None) -> list:
@@ -116,6 +118,8 @@ def make_runner(kind: str, config: TrainConfig, tx, scaling, scaling_params=None
     """
     if kind not in KINDS:
         raise ValueError(f"parallel kind must be one of {KINDS}, got {kind!r}")
+    if devices is None and kind == "mesh" and jax.process_count() > 1:
+        devices = jax.devices()  # the mesh spans every process's devices
     if devices is None:
         devices = select_devices(config.devices if kind != "none" else 1)
     devices = list(devices)
@@ -123,9 +127,9 @@ def make_runner(kind: str, config: TrainConfig, tx, scaling, scaling_params=None
         devices = devices[:1]
     count = len(devices)
     for name in ("batch_size", "eval_batch_size"):
-        if kind != "none" and getattr(config, name) % (count * jax.process_count()):
+        if kind != "none" and getattr(config, name) % count:
             raise ValueError(f"{name} {getattr(config, name)} does not split over {count} "
-                             f"devices x {jax.process_count()} processes")
+                             "devices")
     axis_name = AXIS if kind == "pmap" else None
     model = models.get_model(config.model, num_classes, axis_name=axis_name,
                              dropout_rate=config.dropout_rate)
@@ -213,4 +217,5 @@ def _mesh_runner(model, devices, step, eval_step) -> Runner:
                   put_indices=lambda indices: jax.device_put(indices, per_step_rows),
                   train=train, eval=evaluate, train_batch=train_batch,
                   eval_batch=jax.jit(eval_step, in_shardings=(replicated, rows, rows, rows),
-                                     out_shardings=replicated))
+                                     out_shardings=replicated),
+                  batch_sharding=rows)

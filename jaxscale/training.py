@@ -321,9 +321,24 @@ def _check_data(images, labels):
                          f"{labels.shape}")
 
 
-def _global_batch(arrays):
+def _fit_scaling_across_processes(scaling: ScalingConfig, local_images) -> ScalingParams:
+    """`fit_scaling` over the union of every process's images (same result on each)."""
+    if not scaling.needs_fit:
+        return ScalingParams()
+    if (scaling.zca_whitening or scaling.rescale or scaling.samplewise_center
+            or scaling.preprocessing_function is not None):
+        raise ValueError("across processes, scaling can be fitted for featurewise center/"
+                         "std on raw pixels only; pass scaling_params= for other modes")
+    from jaxscale.distributed import global_dataset_stats
+    stats = global_dataset_stats(local_images, scope=scaling.statistics_scope)
+    return ScalingParams(mean=stats.mean,
+                         std=stats.std if scaling.featurewise_std_normalization else None,
+                         stats=stats)
+
+
+def _global_batch(arrays, sharding):
     from jaxscale.distributed import global_batch_from_local
-    return global_batch_from_local(arrays)
+    return global_batch_from_local(arrays, sharding)
 
 
 def evaluate_process_local(runner, state, images, labels, batch_size: int) -> dict:
@@ -333,7 +348,7 @@ def evaluate_process_local(runner, state, images, labels, batch_size: int) -> di
     indices, mask = pipeline.host_epoch_indices(0, 0, images.shape[0], local, shuffle=False)
     total = None
     for rows, valid in zip(indices, mask):
-        batch = _global_batch((images[rows], labels[rows], valid))
+        batch = _global_batch((images[rows], labels[rows], valid), runner.batch_sharding)
         sums = runner.eval_batch(state, *batch)
         total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
     total = {k: float(np.asarray(v.addressable_data(0))) for k, v in total.items()}
@@ -391,11 +406,12 @@ def train(config: TrainConfig, train_data, test_data=None, *,
     labels = labels.astype(np.int32)
     num_classes = num_classes or int(labels.max()) + 1
     scaling = scaling_config(config.scaling)
+    multi = jax.process_count() > 1
     if scaling_params is None:
-        scaling_params = fit_scaling(scaling, images)
+        scaling_params = (_fit_scaling_across_processes(scaling, images) if multi
+                          else fit_scaling(scaling, images))
     # Several processes (jax.distributed): each holds its own rows and feeds its share of
     # every global batch through `global_batch_from_local`; the step is the mesh one.
-    multi = jax.process_count() > 1
     if multi and config.parallel != "mesh":
         raise ValueError("a run over several processes needs parallel='mesh'")
     local_batch = config.batch_size // jax.process_count()
@@ -462,7 +478,7 @@ def train(config: TrainConfig, train_data, test_data=None, *,
             for s in range(first, last):
                 if multi:
                     rows = host_indices[s]
-                    batch = _global_batch((images[rows], labels[rows]))
+                    batch = _global_batch((images[rows], labels[rows]), runner.batch_sharding)
                     state, metrics = runner.train_batch(state, *batch, run_key)
                 else:
                     state, metrics = runner.train(state, data, indices, s, run_key)
