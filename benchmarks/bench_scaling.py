@@ -5,7 +5,8 @@ buffers, rotated), float32 out, as the training step receives them. Bytes moved 
 uint8 read + float32 written (+ the ZCA matrix read once per batch). The roofline is a large
 elementwise copy measured in the same run (`copy_bandwidth`). Peer: Keras' `flow` of the same
 mode; its cost is a per-image Python loop, so its batch is capped at `KERAS_MAX_BATCH` (and ZCA,
-~1k images/s there, gets one batch per repeat) to keep the run short.
+~1k images/s there, gets one batch per repeat) to keep the run short. Our repeats and
+Keras' alternate, so that both sides see the same load on a shared host.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 import jaxscale
 from benchmarks import keras_peer
-from benchmarks.timing import measure
+from benchmarks.timing import Timing, measure
 
 KERAS_MAX_BATCH = 1024
 MODES = ("none", "normalize", "center", "standardize", "sample_center",
@@ -70,8 +71,8 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
       images: the data; featurewise modes are fitted on all of it (not timed).
       batch_size: images per scaling call (Keras': at most KERAS_MAX_BATCH).
       buffers: distinct device-resident batches rotated through (fewer if N is small).
-      repeats: timed repeats; each scales every buffer once.
-      keras_batches: Keras `flow` batches per repeat; keras=False skips Keras.
+      repeats: timed repeats; each scales every buffer once, then runs Keras' repeat.
+      keras_batches: Keras `flow` batches per repeat (ZCA: 1); keras=False skips Keras.
       roofline: a `copy_bandwidth()` row to compare with (measured when None).
 
     Returns:
@@ -87,20 +88,39 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
     for mode in modes:
         config = jaxscale.scaling_config(mode)
         params = jaxscale.fit_scaling(config, images)
-        timing = measure(lambda batch: jaxscale.scale_jit(batch, config, params),
-                         device_batches, items=batch_size, repeats=repeats, warmup=2,
-                         calls_per_repeat=count)
+
+        def ours(batch, config=config, params=params):
+            return jaxscale.scale_jit(batch, config, params)
+
+        keras_batch = min(batch_size, KERAS_MAX_BATCH)
+        flow = (keras_peer.keras_flow_iterator(images, mode, batch_size=keras_batch)
+                if keras else None)
+        keras_calls = 1 if mode == "zca" else keras_batches
+        # Warm-up, then ours and Keras' repeats interleaved: on a shared host the load changes
+        # from second to second, and interleaving exposes both sides to the same load.
+        measure(ours, device_batches, items=batch_size, repeats=1, warmup=2,
+                calls_per_repeat=count)
+        if flow is not None:
+            measure(lambda _: next(flow), [None], items=keras_batch, repeats=1, warmup=0)
+        ours_seconds, keras_seconds = [], []
+        for _ in range(repeats):
+            ours_seconds += measure(ours, device_batches, items=batch_size, repeats=1,
+                                    warmup=0, calls_per_repeat=count).seconds
+            if flow is not None:
+                keras_seconds += measure(lambda _: next(flow), [None], items=keras_batch,
+                                         repeats=1, warmup=0,
+                                         calls_per_repeat=keras_calls).seconds
+        timing = Timing(tuple(ours_seconds), batch_size * count)
         moved = bytes_per_batch(mode, device_batches[0].shape) * count
         gb_per_s = moved / timing.median_s / 1e9
         row = {"bench": "scaling", "name": mode, "batch_size": batch_size, "buffers": count,
                **timing.summary(), "gb_per_s": gb_per_s,
                "roofline_fraction": gb_per_s / roofline["gb_per_s"],
                "keras_images_per_s": None, "ratio": None}
-        peer = (keras_peer.keras_flow_timing(
-            images, mode, batch_size=min(batch_size, KERAS_MAX_BATCH),
-            batches=1 if mode == "zca" else keras_batches, repeats=3) if keras else None)
-        if peer is not None:
+        if keras_seconds:
+            peer = Timing(tuple(keras_seconds), keras_batch * keras_calls)
             row["keras_images_per_s"] = peer.items_per_s
+            row["keras_batch_size"] = keras_batch
             row["keras_spread"] = peer.spread
             row["ratio"] = timing.items_per_s / peer.items_per_s
         rows.append(row)

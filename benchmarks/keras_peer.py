@@ -95,15 +95,14 @@ def keras_fit_timing(images: np.ndarray, mode: str = "standardize", *, repeats: 
     return measure(fit, [images], items=len(images), repeats=repeats, warmup=warmup)
 
 
-def keras_flow_timing(images: np.ndarray, mode: str, *, batch_size: int, batches: int,
-                      repeats: int = 3, augment: dict | None = None) -> Timing | None:
-    """Keras' `flow` producing float32 batches of a mode (and an augmentation recipe).
+def keras_flow_iterator(images: np.ndarray, mode: str, *, batch_size: int,
+                        augment: dict | None = None):
+    """Keras' `flow` iterator of a mode (and an augmentation recipe), fitted; None without keras.
 
-    Featurewise modes are fitted first (not timed). ZCA is fitted on at most
-    `ZCA_FIT_IMAGES` images: Keras 3 takes the SVD of the whole data (a minute for MNIST on
-    2 cores), and what `flow` then does per image (a D x D matrix-vector product) does not
-    depend on how many images the matrix came from. One warm-up batch; each repeat times
-    `batches` calls of `next()`.
+    Featurewise modes are fitted here (not timed). ZCA is fitted on at most `ZCA_FIT_IMAGES`
+    images: Keras 3 takes the SVD of the whole data (a minute for MNIST on 2 cores), and what
+    `flow` then does per image (a D x D matrix-vector product) does not depend on how many
+    images the matrix came from.
     """
     generator = keras_generator(mode, **(augment or {}))
     if generator is None:
@@ -113,7 +112,18 @@ def keras_flow_timing(images: np.ndarray, mode: str, *, batch_size: int, batches
         if generator.featurewise_center or generator.zca_whitening or \
                 generator.featurewise_std_normalization:
             generator.fit(images[:ZCA_FIT_IMAGES] if generator.zca_whitening else images)
-        iterator = generator.flow(images, batch_size=batch_size, shuffle=False, seed=0)
+        return generator.flow(images, batch_size=batch_size, shuffle=False, seed=0)
+
+
+def keras_flow_timing(images: np.ndarray, mode: str, *, batch_size: int, batches: int,
+                      repeats: int = 3, augment: dict | None = None) -> Timing | None:
+    """Keras' `flow` producing float32 batches: one warm-up batch, then each repeat times
+    `batches` calls of `next()`. None without keras."""
+    iterator = keras_flow_iterator(images, mode, batch_size=batch_size, augment=augment)
+    if iterator is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         return measure(lambda _: next(iterator), [None], items=batch_size, repeats=repeats,
                        warmup=1, calls_per_repeat=batches)
 
