@@ -245,9 +245,6 @@ def test_training_across_processes_matches_single_process(job_results):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="training.train is not multi-process yet (at fe29f53 "
-                   "its Mesh spans local devices and scaling is fitted on the local shard, so "
-                   "each process trains alone); remove this mark once it passes")
 def test_training_loop_across_processes_keeps_hosts_identical(tmp_path):
     """`jaxscale train --distributed`'s loop must leave every host with the same parameters."""
     processes, logs = _launch(tmp_path, "train", 2, 2)
