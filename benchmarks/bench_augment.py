@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxscale  # noqa: E402
+from benchmarks.timing import best_of  # noqa: E402
 from jaxscale import augmentation, scaling  # noqa: E402
 
 RECIPE = dict(rotation_range=8, width_shift_range=0.08, height_shift_range=0.08,
@@ -44,17 +45,6 @@ def _images(n: int) -> np.ndarray:
     """MNIST-shaped uint8 noise images (the resampler's cost does not depend on content)."""
     rng = np.random.default_rng(SEED)
     return rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
-
-
-def _best_of(fn, repeats: int) -> float:
-    """Seconds of the fastest of `repeats` calls of fn, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def keras_images_per_s(x: np.ndarray, batch_size: int, batches: int) -> float | None:
@@ -81,7 +71,7 @@ def _augment_rows(x, repeats, keras_rate, batch_sizes):
         key = jax.random.PRNGKey(SEED)
         for order in (1, 0):
             config = augmentation.SEED_RECIPE.replace(interpolation_order=order)
-            seconds = _best_of(
+            seconds = best_of(
                 lambda: augmentation.augment_jit(key, batch, config).block_until_ready(),
                 repeats)
             rows.append(_row(f"augment_jit/order{order}", batch_size, batch_size / seconds,
@@ -99,7 +89,7 @@ def _flow_row(x, batch_size, batches, keras_rate):
             out = next(flow)
         out.block_until_ready()
 
-    seconds = _best_of(epoch_part, 2)
+    seconds = best_of(epoch_part, 2)
     return _row("flow", batch_size, batches * batch_size / seconds, keras_rate)
 
 

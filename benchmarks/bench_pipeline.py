@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from benchmarks.timing import best_of
 from jaxscale import pipeline, scaling
 from jaxscale.datasets import load_data_source, load_dataset, synthetic_dataset
 
@@ -58,17 +57,6 @@ def _mnist_or_synthetic(num_examples: int | None):
     if num_examples is not None and num_examples < len(data):
         data = data.take(slice(0, num_examples))
     return data, label
-
-
-def _best_of(fn, repeats: int) -> float:
-    """Seconds of the fastest of `repeats` calls of fn (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -133,7 +121,7 @@ def run(quick: bool = False) -> list[dict]:
     device = jax.devices()[0]
     rows = []
     for name, fn, timed_steps in paths:
-        seconds = _best_of(fn, repeats)
+        seconds = best_of(fn, repeats)
         on_disk = name == "streaming/records"
         size = len(records) if on_disk else n
         rows.append(dict(bench="pipeline", name=name,

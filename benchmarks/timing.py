@@ -93,3 +93,17 @@ def measure(fn: Callable[[Any], Any], inputs: Sequence[Any], *, items: int,
         seconds.append(time.perf_counter() - start)
         del results
     return Timing(tuple(seconds), items * calls_per_repeat)
+
+
+def best_of(fn: Callable[[], Any], repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls of `fn`, after one warm-up call.
+
+    `fn` must block on its own result (e.g. end with `jax.block_until_ready`).
+    """
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

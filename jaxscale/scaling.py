@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxscale import statistics
 from jaxscale.statistics import Scope
-from jaxscale.validation import DataFormat, channel_axis, check_data_format, check_images
+from jaxscale.validation import DataFormat, check_data_format, check_images
 
 STD_EPSILON = 1e-6  # Keras adds this to every std it divides by
 OUTPUT_DTYPES = ("float32", "bfloat16")
