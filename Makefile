@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # jax[cpu] here and in CI; `make install JAX_EXTRA=cuda12` on a GPU box, `JAX_EXTRA=tpu` on a TPU VM.
-JAX_EXTRA ?= cpu
+# The venv remembers the extra it was made with, so a later bare `make bench` keeps it.
+JAX_EXTRA ?= $(shell cat $(VENV)/.jax-extra 2>/dev/null || echo cpu)
 # Pinned versions that were tested together; `make install CONSTRAINTS=` to float them.
 CONSTRAINTS ?= -c constraints.txt
 STAMP := $(VENV)/.installed-$(JAX_EXTRA)
@@ -16,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(CONSTRAINTS) "jax[$(JAX_EXTRA)]" -e ".[tfds,keras,extras,test]"
+	echo $(JAX_EXTRA) > $(VENV)/.jax-extra
 	touch $@
 
 test: install
