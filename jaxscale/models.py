@@ -17,10 +17,15 @@ import jax.numpy as jnp
 # Keras' BatchNormalization defaults (the tutorial's): momentum 0.99, epsilon 1e-3.
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
+# Keras' default kernel initialiser. Flax's default (LeCun normal) gives the first conv 16x
+# the weight variance; on raw-pixel inputs (the tutorial's `center` row feeds -33..222) that
+# made training unstable (97.2 % after 5 epochs where Keras reports 99.12 %).
+KERAS_KERNEL_INIT = nn.initializers.glorot_uniform()
 
 
 class SmallCNN(nn.Module):
-    """The tutorial's small CNN: Conv32-Pool-Conv64-Pool-Dense64-Dense10 (ReLU, valid padding).
+    """The tutorial's small CNN: Conv32-Pool-Conv64-Pool-Dense64-Dense10 (ReLU, valid padding),
+    initialised as Keras initialises it (Glorot-uniform kernels, zero biases).
 
     Attributes:
       num_classes: logits per image.
@@ -31,13 +36,14 @@ class SmallCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         del train  # no dropout or BatchNorm
-        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID")(x))
+        init = KERAS_KERNEL_INIT
+        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", kernel_init=init)(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.relu(nn.Conv(64, (3, 3), padding="VALID")(x))
+        x = nn.relu(nn.Conv(64, (3, 3), padding="VALID", kernel_init=init)(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(64)(x))
-        return nn.Dense(self.num_classes)(x)
+        x = nn.relu(nn.Dense(64, kernel_init=init)(x))
+        return nn.Dense(self.num_classes, kernel_init=init)(x)
 
 
 class BNCNN(nn.Module):
