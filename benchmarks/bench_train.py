@@ -1,7 +1,8 @@
 """Row 3: train-step images/s of the BN CNN with each scaling mode (and augmentation) fused in.
 
-Ours: `jaxscale.training.benchmark_train_step(scaling=mode, ...)` for every mode and for the
-augmentation recipe fused into the step; overhead percent = how much slower than `none`.
+Ours: `jaxscale.training.benchmark_train_variants` times every mode and the augmentation
+recipe fused into the step, one step of each in turn per round, so that all see the same load;
+overhead percent = the median over rounds of each step's time relative to `none`'s.
 Peer: Keras 3 `train_on_batch` of the same-shaped BN CNN at the same batch size on the same
 data (`keras_peer.keras_train_timing`).
 
@@ -30,13 +31,13 @@ def _augment_recipe():
 
 
 def train_step_benchmark():
-    """`jaxscale.training.benchmark_train_step`, or (None, why)."""
+    """`jaxscale.training.benchmark_train_variants`, or (None, why)."""
     try:
-        return importlib.import_module("jaxscale.training").benchmark_train_step, None
+        return importlib.import_module("jaxscale.training").benchmark_train_variants, None
     except ImportError as error:
         return None, f"jaxscale.training not importable: {error}"
     except AttributeError:
-        return None, "jaxscale.training has no benchmark_train_step"
+        return None, "jaxscale.training has no benchmark_train_variants"
 
 
 def run(images: np.ndarray, labels: np.ndarray, *, modes=MODES, batch_size: int = 64,
@@ -60,34 +61,30 @@ def run(images: np.ndarray, labels: np.ndarray, *, modes=MODES, batch_size: int 
             cases.append(("augment+normalize", "normalize", recipe))
         else:
             cases.append(("augment+normalize", "normalize", "missing"))
+    runnable = {name: (mode, recipe) for name, mode, recipe in cases
+                if benchmark is not None and recipe != "missing"}
+    results, failure = {}, None
+    if runnable:
+        try:
+            results = benchmark(runnable, model="bn_cnn", batch_size=batch_size, rounds=steps,
+                                warmup=warmup, images=images, labels=labels)
+        except Exception as error:  # another module's failure must not stop the bench
+            failure = f"benchmark_train_variants failed: {type(error).__name__}: {error}"
     rows = []
     for name, mode, recipe in cases:
         row = {"bench": "train", "name": name, "scaling": mode,
                "augment": None if recipe is None else "SEED_RECIPE", "batch_size": batch_size,
                "images_per_s": None, "keras_images_per_s": keras_rate, "ratio": None}
-        if benchmark is None or recipe == "missing":
-            row.update(status="n/a", why=why or "jaxscale.augmentation.SEED_RECIPE missing")
-            rows.append(row)
-            continue
-        try:
-            result = benchmark(model="bn_cnn", scaling=mode, batch_size=batch_size,
-                               steps=steps, warmup=warmup, augment=recipe,
-                               images=images, labels=labels)
-        except Exception as error:  # another module's failure must not stop the bench
-            row.update(status="n/a", why=f"benchmark_train_step failed: "
-                                         f"{type(error).__name__}: {error}")
-            rows.append(row)
-            continue
-        row.update({k: result.get(k) for k in ("images_per_s", "step_ms_median",
-                                               "step_ms_spread", "compiles")})
-        if keras_rate and row["images_per_s"]:
-            row["ratio"] = row["images_per_s"] / keras_rate
+        if name not in results:
+            row.update(status="n/a", why=failure or why
+                       or "jaxscale.augmentation.SEED_RECIPE missing")
+        else:
+            row.update({k: results[name][k] for k in ("images_per_s", "step_ms_median",
+                                                      "step_ms_spread", "compiles",
+                                                      "overhead_pct")})
+            if keras_rate:
+                row["ratio"] = row["images_per_s"] / keras_rate
         rows.append(row)
-    base = next((r["images_per_s"] for r in rows if r["name"] == "none"
-                 and r["images_per_s"]), None)
-    for row in rows:
-        if base and row["images_per_s"]:
-            row["overhead_pct"] = 100.0 * (base / row["images_per_s"] - 1.0)
     keras_row = {"bench": "train", "name": "keras_train_on_batch", "scaling": "normalize",
                  "batch_size": batch_size, "images_per_s": keras_rate}
     if keras_timing is None:

@@ -580,6 +580,49 @@ class _MetricsWriter:
 
 # --------------------------------------------------------------------------- benchmark
 
+def _timed_train_step(model: str, scaling: str, batch_size: int, augment, images, labels,
+                      parallel: str, seed: int, total_steps: int):
+    """A zero-argument function running one fused train step on resident data; it returns the
+    step's wall-clock seconds (to `block_until_ready`)."""
+    from jaxscale import parallel as parallel_lib
+
+    config = TrainConfig(model=model, scaling=scaling, augment=augment,
+                         batch_size=batch_size, seed=seed, parallel=parallel)
+    scaling_cfg = scaling_config(scaling)
+    params = fit_scaling(scaling_cfg, images)
+    tx = make_optimizer(config, total_steps)
+    num_classes = int(labels.max()) + 1
+    runner = parallel_lib.make_runner(parallel, config, tx, scaling_cfg, params,
+                                      num_classes=max(num_classes, 10))
+    key = jax.random.PRNGKey(seed)
+    carry = {"state": runner.put_state(create_train_state(runner.model, tx, images.shape[1:],
+                                                          key)), "step": 0}
+    data = runner.put_data(images, labels)
+    n_batches = max(images.shape[0] // batch_size, 1)
+    indices, _ = pipeline.epoch_indices(key, images.shape[0], batch_size, drop_remainder=True)
+    indices = runner.put_indices(indices)
+
+    def step_once() -> float:
+        start = time.perf_counter()
+        state, metrics = runner.train(carry["state"], data, indices,
+                                      carry["step"] % n_batches, key)
+        jax.block_until_ready((state, metrics))
+        carry["state"], carry["step"] = state, carry["step"] + 1
+        return time.perf_counter() - start
+
+    return step_once
+
+
+def _benchmark_images(images, labels, batch_size: int, seed: int):
+    if images is None:
+        from jaxscale.datasets import synthetic_dataset
+        data = synthetic_dataset(max(4096, batch_size), (28, 28, 1), 10, seed)
+        images, labels = data.images, data.labels
+    images, labels = np.asarray(images), np.asarray(labels).astype(np.int32)
+    _check_data(images, labels)
+    return images, labels
+
+
 def benchmark_train_step(model: str = "bn_cnn", scaling: str = "none", batch_size: int = 64,
                          steps: int = 20, warmup: int = 3, augment=None, images=None,
                          labels=None, parallel: str = "none", seed: int = 0) -> dict:
@@ -599,42 +642,61 @@ def benchmark_train_step(model: str = "bn_cnn", scaling: str = "none", batch_siz
       (max - min over the timed steps), "compiles": XLA compilations during the timed steps
       (0 when nothing recompiles), "warmup_compiles", "steps", "batch_size", "device"}.
     """
-    from jaxscale import parallel as parallel_lib
-
-    if images is None:
-        from jaxscale.datasets import synthetic_dataset
-        data = synthetic_dataset(max(4096, batch_size), (28, 28, 1), 10, seed)
-        images, labels = data.images, data.labels
-    images, labels = np.asarray(images), np.asarray(labels).astype(np.int32)
-    _check_data(images, labels)
-    config = TrainConfig(model=model, scaling=scaling, augment=augment,
-                         batch_size=batch_size, seed=seed, parallel=parallel)
-    scaling_cfg = scaling_config(scaling)
-    params = fit_scaling(scaling_cfg, images)
-    tx = make_optimizer(config, steps + warmup)
-    num_classes = int(labels.max()) + 1
-    runner = parallel_lib.make_runner(parallel, config, tx, scaling_cfg, params,
-                                      num_classes=max(num_classes, 10))
-    key = jax.random.PRNGKey(seed)
-    state = runner.put_state(create_train_state(runner.model, tx, images.shape[1:], key))
-    data = runner.put_data(images, labels)
-    n_batches = max(images.shape[0] // batch_size, 1)
-    indices, _ = pipeline.epoch_indices(key, images.shape[0], batch_size,
-                                        drop_remainder=True)
-    indices = runner.put_indices(indices)
-    times = []
+    images, labels = _benchmark_images(images, labels, batch_size, seed)
+    step_once = _timed_train_step(model, scaling, batch_size, augment, images, labels,
+                                  parallel, seed, steps + warmup)
     with count_compiles() as warm_compiles:
-        for s in range(warmup):
-            state, metrics = runner.train(state, data, indices, s % n_batches, key)
-            jax.block_until_ready((state, metrics))
+        for _ in range(warmup):
+            step_once()
     with count_compiles() as compiles:
-        for s in range(warmup, warmup + steps):
-            start = time.perf_counter()
-            state, metrics = runner.train(state, data, indices, s % n_batches, key)
-            jax.block_until_ready((state, metrics))
-            times.append(time.perf_counter() - start)
+        times = [step_once() for _ in range(steps)]
     median = float(np.median(times))
     return {"images_per_s": batch_size / median, "step_ms_median": median * 1e3,
             "step_ms_spread": (max(times) - min(times)) * 1e3, "compiles": compiles[0],
             "warmup_compiles": warm_compiles[0], "steps": steps, "batch_size": batch_size,
             "device": str(jax.devices()[0].platform)}
+
+
+def benchmark_train_variants(variants: dict, *, model: str = "bn_cnn", batch_size: int = 64,
+                             rounds: int = 20, warmup: int = 3, images=None, labels=None,
+                             parallel: str = "none", seed: int = 0) -> dict:
+    """Times several fused train steps interleaved, so that each sees the same machine load.
+
+    One round runs one step of every variant in turn; the overhead of a variant is the median
+    over rounds of (its step time / the first variant's step time) - 1, which cancels the load
+    drift that makes separately timed runs on a shared host differ by tens of percent.
+
+    Args:
+      variants: name -> (scaling mode, augment or None); the first is the baseline.
+      rounds: timed rounds; warmup: untimed rounds (compilation) before them.
+      model, batch_size, images, labels, parallel, seed: as in `benchmark_train_step`.
+
+    Returns:
+      name -> {"images_per_s", "step_ms_median", "step_ms_spread", "overhead_pct",
+      "compiles", "batch_size"}.
+    """
+    if not variants:
+        raise ValueError("benchmark_train_variants needs at least one variant")
+    images, labels = _benchmark_images(images, labels, batch_size, seed)
+    steps = {name: _timed_train_step(model, scaling, batch_size, augment, images, labels,
+                                     parallel, seed, rounds + warmup)
+             for name, (scaling, augment) in variants.items()}
+    for _ in range(warmup):
+        for step_once in steps.values():
+            step_once()
+    times = {name: [] for name in steps}
+    with count_compiles() as compiles:
+        for _ in range(rounds):
+            for name, step_once in steps.items():
+                times[name].append(step_once())
+    base = np.asarray(times[next(iter(variants))])
+    results = {}
+    for name, seconds in times.items():
+        seconds = np.asarray(seconds)
+        median = float(np.median(seconds))
+        results[name] = {
+            "images_per_s": batch_size / median, "step_ms_median": median * 1e3,
+            "step_ms_spread": float(seconds.max() - seconds.min()) * 1e3,
+            "overhead_pct": float(np.median(seconds / base) - 1.0) * 100.0,
+            "compiles": compiles[0], "batch_size": batch_size}
+    return results

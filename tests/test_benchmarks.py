@@ -109,20 +109,24 @@ def test_keras_flow_peer_does_the_same_work_as_ours():
     assert timing.items == 16 and len(timing.seconds) == 1
 
 
-def test_train_rows_compute_overhead_against_none(monkeypatch):
-    rates = {"none": 1000.0, "standardize": 800.0, "normalize": 500.0}
+def test_train_rows_carry_interleaved_overheads(monkeypatch):
+    overheads = {"none": 0.0, "standardize": 25.0, "augment+normalize": 100.0}
+    asked = {}
 
-    def fake_benchmark(*, scaling, augment, **kwargs):
-        return {"images_per_s": rates[scaling], "step_ms_median": 1.0, "step_ms_spread": 0.1,
-                "compiles": 1}
+    def fake_benchmark(variants, **kwargs):
+        asked.update(variants)
+        return {name: {"images_per_s": 1000.0 / (1 + overheads[name] / 100),
+                       "step_ms_median": 1.0, "step_ms_spread": 0.1, "compiles": 0,
+                       "overhead_pct": overheads[name]} for name in variants}
 
     monkeypatch.setattr(bench_train, "train_step_benchmark", lambda: (fake_benchmark, None))
     rows = bench_train.run(tiny_images(), np.zeros(64, np.int32), modes=("none", "standardize"),
                            keras=False)
     by_name = {r["name"]: r for r in rows}
-    assert by_name["none"]["overhead_pct"] == 0.0
+    assert list(asked) == ["none", "standardize", "augment+normalize"]
+    assert asked["augment+normalize"][0] == "normalize" and asked["none"] == ("none", None)
     assert by_name["standardize"]["overhead_pct"] == pytest.approx(25.0)
-    assert by_name["augment+normalize"]["overhead_pct"] == pytest.approx(100.0)
+    assert by_name["augment+normalize"]["images_per_s"] == pytest.approx(500.0)
     assert by_name["keras_train_on_batch"]["status"] == "n/a"
 
 

@@ -99,3 +99,17 @@ def test_train_rejects_float_images():
     config = training.TrainConfig(model="small_cnn", scaling="none")
     with pytest.raises(ValueError, match="uint8"):
         training.train(config, (np.zeros((64, 28, 28, 1), np.float32), np.zeros(64)))
+
+
+def test_benchmark_train_variants_interleaves_without_recompiling(data):
+    results = training.benchmark_train_variants(
+        {"none": ("none", None), "standardize": ("standardize", None)}, model="small_cnn",
+        batch_size=32, rounds=3, warmup=1, images=data.images, labels=data.labels)
+    assert list(results) == ["none", "standardize"]
+    assert results["none"]["overhead_pct"] == 0.0
+    for result in results.values():
+        assert result["compiles"] == 0
+        assert result["images_per_s"] == pytest.approx(32e3 / result["step_ms_median"])
+    with pytest.raises(ValueError, match="at least one"):
+        training.benchmark_train_variants({})
+
