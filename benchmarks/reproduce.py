@@ -136,6 +136,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from jaxscale.host_allocator import tune_host_allocator
+    print(f"host allocator: {tune_host_allocator()}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = run(args)

@@ -147,6 +147,7 @@ def main(argv=None) -> dict:
 
     from benchmarks import data as bench_data
     from benchmarks import keras_peer, report
+    from jaxscale.host_allocator import tune_host_allocator
 
     started = time.perf_counter()
     size = args.limit or bench_data.MNIST_TRAIN_SIZE
@@ -154,6 +155,9 @@ def main(argv=None) -> dict:
     keras = not args.no_keras and keras_peer.keras_version() is not None
     meta = run_metadata(data.source, args.quick)
     meta["keras_peer"] = keras
+    # Both sides of every ratio run in this process, so both get the same allocator.
+    meta["host_allocator"] = tune_host_allocator()
+    print(f"host allocator: {meta['host_allocator']}", flush=True)
     print(f"jaxscale bench{' --quick' if args.quick else ''}: {meta['device']} "
           f"({meta['backend']}, host {meta['cpu_model']} x{meta['host_cpus']}), "
           f"data: {data.source}, {len(data.images)} images "

@@ -34,6 +34,7 @@ from jaxscale.datasets import (
     synthetic_dataset,
 )
 from jaxscale.generator import ImageDataGenerator
+from jaxscale.host_allocator import tune_host_allocator
 from jaxscale.pipeline import (
     Batch,
     DeviceDataset,

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from jaxscale.host_allocator import tune_host_allocator
+
 
 def _devices(value: str):
     if value == "all":
@@ -213,6 +215,9 @@ def run_stats(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `jaxscale` script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # Before JAX allocates: XLA:CPU's per-step scratch buffers stay in the heap (see
+    # jaxscale.host_allocator; ~1.5x train-step throughput on this project's CPU VM).
+    tune_host_allocator()
     try:
         if args.command == "train":
             run_train(args)
