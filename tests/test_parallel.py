@@ -1,5 +1,7 @@
 """pmap and jit+Mesh over 8 host devices compute what one device computes."""
 
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -81,3 +83,10 @@ def test_unknown_kind_and_too_many_devices():
         parallel.make_runner("ddp", config, None, scaling_config("none"))
     with pytest.raises(ValueError, match="only"):
         parallel.select_devices(jax.local_device_count() + 1)
+
+
+@pytest.mark.parametrize("platforms, donate", [(("cpu",), ()), (("cpu", "cpu"), ()),
+                                                (("gpu",), (0,)), (("tpu", "tpu"), (0,))])
+def test_state_donated_on_accelerators_only(platforms, donate):
+    devices = [types.SimpleNamespace(platform=platform) for platform in platforms]
+    assert parallel.donated_state(devices) == donate
