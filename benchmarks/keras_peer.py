@@ -172,3 +172,54 @@ def keras_train_timing(images: np.ndarray, labels: np.ndarray, *, batch_size: in
                 labels[i * batch_size:(i + 1) * batch_size]) for i in range(n_batches)]
     return measure(lambda b: model.train_on_batch(*b), batches, items=batch_size,
                    repeats=repeats, warmup=warmup, calls_per_repeat=steps)
+
+
+def keras_small_cnn(image_shape=(28, 28, 1), num_classes: int = 10):
+    """The tutorial's small CNN exactly as it builds it in Keras 3 (None without keras):
+    Conv32-Pool-Conv64-Pool-Flatten-Dense64-Dense(softmax), ReLU, valid padding, Keras'
+    default initialisers; Adam (Keras' defaults) and categorical cross-entropy."""
+    try:
+        import keras
+    except ImportError:
+        return None
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input(image_shape), layers.Conv2D(32, 3, activation="relu"),
+        layers.MaxPooling2D(), layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(),
+        layers.Flatten(), layers.Dense(64, activation="relu"),
+        layers.Dense(num_classes, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def keras_tutorial_accuracy(mode: str, train_images: np.ndarray, train_labels: np.ndarray,
+                            test_images: np.ndarray, test_labels: np.ndarray, *, seed: int,
+                            epochs: int = 5, batch_size: int = 64) -> float | None:
+    """Test accuracy (percent) of the tutorial's recipe run by Keras itself; None without keras.
+
+    The tutorial's steps: `ImageDataGenerator(<mode's keywords>)`, `fit` on the training
+    images, `flow` over train and test at `batch_size`, the small CNN `fit` for `epochs`, then
+    `evaluate` on the test iterator. `keras.utils.set_random_seed(seed)` seeds initialisation
+    and shuffling.
+
+    Args:
+      mode: a key of KERAS_KEYWORDS ("normalize", "center", "standardize", ...).
+      train_images, test_images: uint8[N, H, W, C]; train_labels, test_labels: int[N].
+    """
+    generator = keras_generator(mode)
+    if generator is None:
+        return None
+    import keras
+    keras.utils.set_random_seed(seed)
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    train_onehot = keras.utils.to_categorical(train_labels, num_classes)
+    test_onehot = keras.utils.to_categorical(test_labels, num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        generator.fit(train_images)
+        train_flow = generator.flow(train_images, train_onehot, batch_size=batch_size)
+        test_flow = generator.flow(test_images, test_onehot, batch_size=batch_size)
+        model = keras_small_cnn(tuple(train_images.shape[1:]), num_classes)
+        model.fit(train_flow, steps_per_epoch=len(train_flow), epochs=epochs, verbose=0)
+        _, accuracy = model.evaluate(test_flow, steps=len(test_flow), verbose=0)
+    return float(accuracy) * 100.0

@@ -11,6 +11,10 @@ Writes `reproduce.md` (table), `reproduce.json` (every epoch of every run) and
 (default benchmarks/results/). A full run is 4 rows x 3 seeds x 5 epochs; a quick subset:
 
     python -m benchmarks.reproduce --rows normalize --seeds 1 --epochs 1
+
+With `--keras` (and keras installed) the small-CNN rows are also run the tutorial's way by
+Keras itself, same seeds, on the same data, so each row has a same-machine Keras figure beside
+the tutorial's single published run.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"),
                         help="folder for reproduce.md/.json/.png")
     parser.add_argument("--progress", action="store_true", help="per-run progress bars")
+    parser.add_argument("--keras", action="store_true",
+                        help="also run the small-CNN rows the tutorial's way in Keras "
+                        "(ImageDataGenerator fit/flow + Sequential fit), same seeds")
     args = parser.parse_args(argv)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]
@@ -94,7 +101,31 @@ def run(args) -> dict:
         results["rows"][name] = {"model": model, "scaling": scaling, "augment": augment,
                                  "tutorial": tutorial, "mean": float(finals.mean()),
                                  "std": float(finals.std()), "runs": runs}
+        if getattr(args, "keras", False) and model == "small_cnn":
+            keras_runs = _keras_runs(name, scaling, args, train_data, test_data)
+            if keras_runs:
+                results["rows"][name]["keras"] = keras_runs
     return results
+
+
+def _keras_runs(name, scaling, args, train_data, test_data) -> list[float] | None:
+    """The row's final test accuracy per seed, run by Keras; None without keras."""
+    from benchmarks import keras_peer
+
+    accuracies = []
+    for seed in range(args.seeds):
+        start = time.perf_counter()
+        accuracy = keras_peer.keras_tutorial_accuracy(
+            scaling, np.asarray(train_data.images), np.asarray(train_data.labels),
+            np.asarray(test_data.images), np.asarray(test_data.labels), seed=seed,
+            epochs=args.epochs, batch_size=args.batch_size)
+        if accuracy is None:
+            print(f"{name}: keras is not installed; no Keras runs", flush=True)
+            return None
+        accuracies.append(accuracy)
+        print(f"{name} seed {seed}, Keras: test accuracy {accuracy:.2f} % "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return accuracies
 
 
 def markdown(results: dict) -> str:
@@ -104,12 +135,21 @@ def markdown(results: dict) -> str:
              "| row | model | scaling | augment | tutorial % | ours % | per seed % | "
              "at least tutorial |",
              "|---|---|---|---|---|---|---|---|"]
+    keras = any("keras" in row for row in results["rows"].values())
+    if keras:
+        lines[2] += " Keras here, mean ± std % | Keras per seed % |"
+        lines[3] += "---|---|"
     for name, row in results["rows"].items():
         seeds = ", ".join(f"{r['test_accuracy'][-1]:.2f}" for r in row["runs"])
         ok = "yes" if row["mean"] >= row["tutorial"] else "**no**"
-        lines.append(f"| {name} | {row['model']} | {row['scaling']} | "
-                     f"{row['augment'] or '-'} | {row['tutorial']:.2f} | "
-                     f"{row['mean']:.2f} ± {row['std']:.2f} | {seeds} | {ok} |")
+        line = (f"| {name} | {row['model']} | {row['scaling']} | "
+                f"{row['augment'] or '-'} | {row['tutorial']:.2f} | "
+                f"{row['mean']:.2f} ± {row['std']:.2f} | {seeds} | {ok} |")
+        if keras:
+            runs = row.get("keras")
+            line += (f" {np.mean(runs):.2f} ± {np.std(runs):.2f} | "
+                     f"{', '.join(f'{a:.2f}' for a in runs)} |" if runs else " - | - |")
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import bench_scaling, bench_stats, bench_train, data, keras_peer, report, run
+from benchmarks import (bench_scaling, bench_stats, bench_train, data, keras_peer, report,
+                        reproduce, run)
 from benchmarks.timing import Timing, measure
 
 
@@ -184,3 +185,39 @@ def test_table_tells_rows_of_the_same_name_apart_by_batch():
             for b in (64, 1024)]
     table = report.format_table(rows)
     assert "augment_jit @64" in table and "augment_jit @1024" in table
+
+
+def _reproduce_results(keras_runs=None):
+    runs = [{"seed": s, "test_accuracy": [97.0, acc]} for s, acc in enumerate((98.5, 99.5))]
+    row = {"model": "small_cnn", "scaling": "center", "augment": None, "tutorial": 99.12,
+           "mean": 99.0, "std": 0.5, "runs": runs}
+    if keras_runs is not None:
+        row["keras"] = keras_runs
+    return {"epochs": 5, "seeds": 2, "batch_size": 64, "rows": {"center": row}}
+
+
+def test_reproduce_table_says_where_we_miss_the_tutorial():
+    table = reproduce.markdown(_reproduce_results())
+    assert "| center | small_cnn | center | - | 99.12 | 99.00 ± 0.50 | 98.50, 99.50 | **no** |" \
+        in table
+    assert "Keras" not in table
+
+
+def test_reproduce_table_has_keras_columns_when_keras_ran():
+    table = reproduce.markdown(_reproduce_results(keras_runs=[97.95, 98.73, 9.82]))
+    assert "Keras here, mean ± std % | Keras per seed % |" in table
+    assert "| 68.83 ± 41.73 | 97.95, 98.73, 9.82 |" in table
+
+
+def test_keras_runs_the_tutorial_recipe_and_learns():
+    pytest.importorskip("keras")
+    rng = np.random.default_rng(0)
+    labels = np.arange(640) % 4
+    images = rng.integers(0, 40, (640, 12, 12, 1)).astype(np.uint8)
+    for k in range(4):  # class k: a bright 3x3 block in quadrant k
+        r, c = 2 + 6 * (k // 2), 2 + 6 * (k % 2)
+        images[labels == k, r:r + 3, c:c + 3] = 250
+    accuracy = keras_peer.keras_tutorial_accuracy(
+        "standardize", images[:512], labels[:512], images[512:], labels[512:], seed=0,
+        epochs=2, batch_size=32)
+    assert 90.0 <= accuracy <= 100.0
