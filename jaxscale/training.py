@@ -321,21 +321,6 @@ def _check_data(images, labels):
                          f"{labels.shape}")
 
 
-def _fit_scaling_across_processes(scaling: ScalingConfig, local_images) -> ScalingParams:
-    """`fit_scaling` over the union of every process's images (same result on each)."""
-    if not scaling.needs_fit:
-        return ScalingParams()
-    if (scaling.zca_whitening or scaling.rescale or scaling.samplewise_center
-            or scaling.preprocessing_function is not None):
-        raise ValueError("across processes, scaling can be fitted for featurewise center/"
-                         "std on raw pixels only; pass scaling_params= for other modes")
-    from jaxscale.distributed import global_dataset_stats
-    stats = global_dataset_stats(local_images, scope=scaling.statistics_scope)
-    return ScalingParams(mean=stats.mean,
-                         std=stats.std if scaling.featurewise_std_normalization else None,
-                         stats=stats)
-
-
 def _global_batch(arrays, sharding):
     from jaxscale.distributed import global_batch_from_local
     return global_batch_from_local(arrays, sharding)
@@ -408,8 +393,11 @@ def train(config: TrainConfig, train_data, test_data=None, *,
     scaling = scaling_config(config.scaling)
     multi = jax.process_count() > 1
     if scaling_params is None:
-        scaling_params = (_fit_scaling_across_processes(scaling, images) if multi
-                          else fit_scaling(scaling, images))
+        if multi:
+            from jaxscale.distributed import global_scaling_params
+            scaling_params = global_scaling_params(scaling, images)
+        else:
+            scaling_params = fit_scaling(scaling, images)
     # Several processes (jax.distributed): each holds its own rows and feeds its share of
     # every global batch through `global_batch_from_local`; the step is the mesh one.
     if multi and config.parallel != "mesh":
