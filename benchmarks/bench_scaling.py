@@ -22,8 +22,7 @@ from benchmarks import keras_peer
 from benchmarks.timing import Timing, measure
 
 KERAS_MAX_BATCH = 1024
-MODES = ("none", "normalize", "center", "standardize", "sample_center",
-         "sample_standardize", "zca")
+MODES = tuple(jaxscale.scaling.MODES)
 
 
 def copy_bandwidth(megabytes: int | None = None, *, buffers: int | None = None,

@@ -16,7 +16,8 @@ import jaxscale
 from benchmarks import keras_peer
 from benchmarks.timing import measure
 
-FIT_MODES = ("center", "standardize", "zca")
+FIT_MODES = tuple(name for name, config in jaxscale.scaling.MODES.items()
+                  if config.needs_fit)
 
 
 def run(images: np.ndarray, *, repeats: int = 5, modes=FIT_MODES,

@@ -16,10 +16,11 @@ import importlib
 
 import numpy as np
 
+from jaxscale import scaling
+
 from benchmarks import keras_peer
 
-MODES = ("none", "normalize", "center", "standardize", "sample_center",
-         "sample_standardize", "zca")
+MODES = tuple(scaling.MODES)
 
 
 def _augment_recipe():

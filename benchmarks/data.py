@@ -78,10 +78,7 @@ def load_bench_data(data_dir: str | Path | None = None, *,
 
 def synthetic_bench_data(num_examples: int, *, seed: int = 0, why: str = "asked for"
                          ) -> BenchData:
-    """MNIST-shaped uint8 images with learnable labels (class templates plus noise)."""
-    rng = np.random.default_rng(seed)
-    templates = rng.integers(0, 256, (10, *MNIST_SHAPE), dtype=np.uint8)
-    labels = rng.integers(0, 10, num_examples).astype(np.int32)
-    noise = rng.integers(0, 256, (num_examples, *MNIST_SHAPE), dtype=np.uint8)
-    images = ((templates[labels].astype(np.uint16) * 3 + noise) // 4).astype(np.uint8)
-    return BenchData(images, labels, f"synthetic ({why})")
+    """MNIST-shaped uint8 images with learnable labels (`jaxscale.datasets.synthetic_dataset`)."""
+    from jaxscale.datasets import synthetic_dataset
+    data = synthetic_dataset(num_examples, MNIST_SHAPE, 10, seed)
+    return BenchData(data.images, data.labels, f"synthetic ({why})")
