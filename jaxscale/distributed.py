@@ -223,7 +223,7 @@ def global_batch_from_local(local_batch, sharding: NamedSharding | None = None):
 
 def global_dataset_stats(local_images, *, scope: Scope = "channel",
                          data_format: DataFormat = "channels_last",
-                         batch_size: int | None = 8192) -> DatasetStats:
+                         batch_size: int | None = None) -> DatasetStats:
     """Statistics of the union of every process's images, the same on every process.
 
     Each process streams its own images through `compute_stats` on a local device, then the
@@ -234,7 +234,7 @@ def global_dataset_stats(local_images, *, scope: Scope = "channel",
       local_images: uint8 or float[N_local, H, W, C] (or channels_first); N_local may be 0.
       scope: "channel", "pixel" or "global".
       data_format: layout of `local_images`.
-      batch_size: images per local device step.
+      batch_size: images per local device step; None: `statistics.auto_batch_size`.
 
     Returns:
       DatasetStats with statistic shape [C], [H, W, C] or [].
@@ -257,7 +257,7 @@ def global_dataset_stats(local_images, *, scope: Scope = "channel",
 
 
 def global_scaling_params(config: ScalingConfig, local_images, *,
-                          batch_size: int = 8192) -> ScalingParams:
+                          batch_size: int | None = None) -> ScalingParams:
     """`fit_scaling` over the union of every process's images, the same on every process.
 
     Each process fits its own images (statistics of the images as `scale` sees them before
@@ -266,7 +266,7 @@ def global_scaling_params(config: ScalingConfig, local_images, *,
     Args:
       config: the scaling config; modes without featurewise steps need no fit.
       local_images: uint8 or float[N_local, H, W, C] (or channels_first), N_local >= 1.
-      batch_size: images per local device step.
+      batch_size: images per local device step; None: `statistics.auto_batch_size`.
 
     Returns:
       ScalingParams (mean/std of all hosts' images; all None when the config needs no fit).

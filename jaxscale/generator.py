@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscale import augmentation, scaling
+from jaxscale import augmentation, scaling, statistics
 from jaxscale.augmentation import AugmentConfig
 from jaxscale.scaling import ScalingConfig, ScalingParams
 from jaxscale.validation import channel_axis, check_images
@@ -117,7 +117,7 @@ class ImageDataGenerator:
         return self.config.data_format
 
     def fit(self, x, augment: bool = False, rounds: int = 1, seed: int | None = None,
-            *, batch_size: int = 8192, progress: bool = False) -> "ImageDataGenerator":
+            *, batch_size: int | None = None, progress: bool = False) -> "ImageDataGenerator":
         """Computes the featurewise statistics (and ZCA matrix) on device.
 
         Args:
@@ -125,7 +125,8 @@ class ImageDataGenerator:
           augment: fit on `rounds` augmented passes over `x` (as Keras).
           rounds: number of passes when augmenting.
           seed: seed of the augmentation.
-          batch_size: images per device step.
+          batch_size: images per device step; None: about 2M values per step
+            (`statistics.auto_batch_size`).
           progress: show a progress bar.
 
         Returns:
@@ -136,7 +137,8 @@ class ImageDataGenerator:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         data = x
         if augment:
-            data = self._augmented_passes(x, rounds, seed, batch_size)
+            data = self._augmented_passes(
+                x, rounds, seed, batch_size or statistics.auto_batch_size(tuple(x.shape[1:])))
         self.params = scaling.fit_scaling(self.config, data, batch_size=batch_size,
                                           progress=progress)
         return self

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscale import statistics
+from jaxscale.reductions import sum_middle_axis
 from jaxscale.statistics import Scope
 from jaxscale.validation import DataFormat, check_data_format, check_images
 
@@ -161,11 +162,18 @@ def _samplewise_and_before(images: jax.Array, config: ScalingConfig) -> jax.Arra
         x = config.preprocessing_function(x).astype(jnp.float32)
     if config.rescale:
         x = x * jnp.float32(config.rescale)
-    image_axes = (1, 2, 3)
-    if config.samplewise_center:
-        x = x - jnp.mean(x, axis=image_axes, keepdims=True)
-    if config.samplewise_std_normalization:
-        x = x / (jnp.std(x, axis=image_axes, keepdims=True) + STD_EPSILON)
+    if config.samplewise_center or config.samplewise_std_normalization:
+        # Each image's mean and std over all its values (Keras: np.mean / np.std with
+        # keepdims), two-pass, summed by `sum_middle_axis` (a GEMV on CPU).
+        flat = x.reshape(x.shape[0], -1, 1)
+        values = flat.shape[1]
+        centered = flat - (sum_middle_axis(flat) / values)[:, None, :]
+        if config.samplewise_center:
+            flat = centered
+        if config.samplewise_std_normalization:
+            std = jnp.sqrt(sum_middle_axis(centered * centered) / values)
+            flat = flat / (std[:, None, :] + STD_EPSILON)
+        x = flat.reshape(x.shape)
     return x
 
 
@@ -266,13 +274,11 @@ class SecondMoments:
     comoment: jax.Array
 
 
-def _batch_moments(flat: jax.Array, mask: jax.Array) -> SecondMoments:
-    weights = mask.astype(jnp.float32)
-    n = jnp.sum(weights)
-    mean = jnp.sum(flat * weights[:, None], axis=0) / jnp.maximum(n, 1.0)
-    centered = (flat - mean) * weights[:, None]
+def _batch_moments(flat: jax.Array) -> SecondMoments:
+    mean = jnp.mean(flat, axis=0)
+    centered = flat - mean
     comoment = jnp.matmul(centered.T, centered, precision=jax.lax.Precision.HIGHEST)
-    return SecondMoments(jnp.sum(mask.astype(jnp.int32)), mean, comoment)
+    return SecondMoments(jnp.int32(flat.shape[0]), mean, comoment)
 
 
 def _merge_moments(a: SecondMoments, b: SecondMoments) -> SecondMoments:
@@ -285,13 +291,14 @@ def _merge_moments(a: SecondMoments, b: SecondMoments) -> SecondMoments:
     return SecondMoments(count, mean, comoment)
 
 
-@functools.partial(jax.jit, static_argnames=("zca",))
-def _fit_step(stats, moments, x, mask, *, zca: bool):
-    """One streaming step: featurewise stats and (for ZCA) second moments of a prepared batch."""
-    stats = statistics.merge_stats(stats, statistics.batch_stats(
-        x, scope=stats.scope, mask=mask))
-    if zca:
-        moments = _merge_moments(moments, _batch_moments(x.reshape(x.shape[0], -1), mask))
+def _fit_batch(carry, images: jax.Array, config: "ScalingConfig"):
+    """One streaming step of `fit_scaling`: featurewise statistics (and, for ZCA, second
+    moments) of a batch as the featurewise steps see it."""
+    stats, moments = carry
+    x = _to_last(_samplewise_and_before(images, config), config.data_format)
+    stats = statistics.merge_stats(stats, statistics.batch_stats(x, scope=stats.scope))
+    if config.zca_whitening:
+        moments = _merge_moments(moments, _batch_moments(x.reshape(x.shape[0], -1)))
     return stats, moments
 
 
@@ -319,7 +326,7 @@ def _zca_matrix(moments: SecondMoments, channel_mean: np.ndarray, epsilon: float
     return ((vectors * inverse) @ vectors.T).astype(np.float32)
 
 
-def fit_scaling(config: ScalingConfig, images, *, batch_size: int = 8192,
+def fit_scaling(config: ScalingConfig, images, *, batch_size: int | None = None,
                 progress: bool = False) -> ScalingParams:
     """Fits the featurewise statistics (and ZCA matrix) a config needs, in one device pass.
 
@@ -330,7 +337,8 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int = 8192,
       config: the scaling config.
       images: uint8 or float[N, H, W, C] (or channels_first), NumPy or JAX; or an iterable of
         such batches for data that does not fit in memory.
-      batch_size: images per device step when `images` is one array.
+      batch_size: images per device step when `images` is one array; None: about 2M values
+        per step (`statistics.auto_batch_size`).
       progress: show a progress bar.
 
     Returns:
@@ -338,39 +346,26 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int = 8192,
     """
     if not config.needs_fit:
         return ScalingParams()
-    if hasattr(images, "shape"):
-        check_images(images, config.data_format)
-        batch_size = min(batch_size, images.shape[0])
-        batches = statistics.padded_batches(images, batch_size)
-        total = -(-images.shape[0] // batch_size)
-    else:
-        batches = ((b, np.ones(b.shape[0], bool)) for b in images)
-        total = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=total, desc="fit scaling", unit="batch")
-    stats = moments = None
-    for batch, mask in batches:
-        check_images(batch, config.data_format, name="batch")
-        x = _prepare_for_fit(jnp.asarray(batch), config)
-        if stats is None:
-            hwc = tuple(x.shape[1:])
-            features = math.prod(hwc)
-            if config.zca_whitening and features > MAX_ZCA_FEATURES:
-                raise ValueError(
-                    f"ZCA needs a {features}x{features} matrix for images of shape {hwc}; "
-                    f"the limit is {MAX_ZCA_FEATURES} features. Downscale the images first.")
-            scope = config.statistics_scope
-            elements = {"channel": hwc[0] * hwc[1], "pixel": 1, "global": features}[scope]
-            stats = statistics.empty_stats(statistics.stat_shape(hwc, scope), scope=scope,
-                                           elements_per_image=elements)
-            d = features if config.zca_whitening else 1
-            moments = SecondMoments(jnp.zeros((), jnp.int32), jnp.zeros((d,), jnp.float32),
-                                    jnp.zeros((d, d), jnp.float32))
-        stats, moments = _fit_step(stats, moments, x, jnp.asarray(mask),
-                                   zca=config.zca_whitening)
-    if stats is None or int(stats.count) == 0:
+    first, images = statistics.checked_source(images, config.data_format,
+                                              caller="fit_scaling")
+    shape = tuple(first.shape[1:])
+    hwc = shape if config.data_format == "channels_last" else (*shape[1:], shape[0])
+    features = math.prod(hwc)
+    if config.zca_whitening and features > MAX_ZCA_FEATURES:
+        raise ValueError(
+            f"ZCA needs a {features}x{features} matrix for images of shape {hwc}; "
+            f"the limit is {MAX_ZCA_FEATURES} features. Downscale the images first.")
+    scope = config.statistics_scope
+    elements = {"channel": hwc[0] * hwc[1], "pixel": 1, "global": features}[scope]
+    stats = statistics.empty_stats(statistics.stat_shape(hwc, scope), scope=scope,
+                                   elements_per_image=elements)
+    d = features if config.zca_whitening else 1
+    moments = SecondMoments(jnp.zeros((), jnp.int32), jnp.zeros((d,), jnp.float32),
+                            jnp.zeros((d, d), jnp.float32))
+    (stats, moments), seen = statistics.fold_batches(
+        _fit_batch, (stats, moments), images, batch_size=batch_size, options=(config,),
+        progress=progress, desc="fit scaling")
+    if seen == 0:
         raise ValueError("fit_scaling got no images")
     zca = None
     if config.zca_whitening:
@@ -384,14 +379,6 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int = 8192,
 
 def _to_last(x, data_format):
     return x if data_format == "channels_last" else jnp.transpose(x, (0, 2, 3, 1))
-
-
-# Module level with a static config: a closure jitted inside fit_scaling was a new function on
-# every call, so every fit retraced and recompiled it.
-@functools.partial(jax.jit, static_argnames=("config",))
-def _prepare_for_fit(images: jax.Array, config: ScalingConfig) -> jax.Array:
-    """float32[N, H, W, C] channels_last images as the featurewise steps see them."""
-    return _to_last(_samplewise_and_before(images, config), config.data_format)
 
 
 def iter_batches(images, batch_size: int) -> Iterable:

@@ -28,6 +28,7 @@ Scopes (which axes are reduced, with channels_last names):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -38,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxscale.reductions import sum_middle_axis
 from jaxscale.validation import DataFormat, check_data_format, check_images
 
 Scope = Literal["channel", "pixel", "global"]
@@ -176,14 +178,20 @@ def batch_stats(images: jax.Array, *, scope: Scope = "channel",
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     x = _to_channels_last(jnp.asarray(images), data_format).astype(jnp.float32)
-    reduce_axes = {"channel": (1, 2), "pixel": (), "global": (1, 2, 3)}[scope]
-    elements = math.prod(x.shape[a] for a in reduce_axes) if reduce_axes else 1
-    if reduce_axes:
-        mean = jnp.mean(x, axis=reduce_axes)
-        centered = x - jnp.expand_dims(mean, reduce_axes)
-        m2 = jnp.sum(centered * centered, axis=reduce_axes)
-    else:
+    n, h, w, c = x.shape
+    if scope == "pixel":
+        elements = 1
         mean, m2 = x, jnp.zeros_like(x)
+    else:
+        # [N, K, C'] with K the values of one image that share an entry: per-image two-pass
+        # mean and M2, summed by `sum_middle_axis` (a GEMV on CPU, a reduce elsewhere).
+        grouped = x.reshape(n, h * w, c) if scope == "channel" else x.reshape(n, h * w * c, 1)
+        elements = grouped.shape[1]
+        mean = sum_middle_axis(grouped) / elements
+        centered = grouped - mean[:, None, :]
+        m2 = sum_middle_axis(centered * centered)
+        if scope == "global":
+            mean, m2 = mean[:, 0], m2[:, 0]
     counts = jnp.ones((x.shape[0],), jnp.int32)
     if mask is not None:
         counts = jnp.asarray(mask).astype(jnp.int32)
@@ -227,12 +235,111 @@ def merge_stats_across_hosts(stats: DatasetStats) -> DatasetStats:
     return merge_stacked_stats(gathered)
 
 
-_batch_update = jax.jit(update_stats, static_argnames=("data_format",))
+# About 2M values (8 MiB as float32) per device step: on CPU the step's float32 temporaries
+# then stay in cache (MNIST: 60,000 images in 8 ms at 2,674 per step, 21 ms at 8,192); on
+# accelerators it is still thousands of small images per step.
+VALUES_PER_STEP = 2 ** 21
+# Batches per host call when folding an array: one call (one compiled scan) covers MNIST.
+BATCHES_PER_CALL = 64
+
+
+def auto_batch_size(image_shape: tuple[int, ...]) -> int:
+    """Images per step for images of `image_shape` (one image, any layout): ~2M values."""
+    return max(1, VALUES_PER_STEP // max(1, math.prod(image_shape)))
+
+
+@functools.partial(jax.jit, static_argnames=("step", "options", "batch_size", "length"))
+def _fold_slice(carry, images, start, *, step, options, batch_size: int, length: int):
+    """`carry` after `step` over images[start:start + length], `batch_size` rows at a time.
+
+    Full batches run as one `lax.scan` reading the array in place; a shorter last batch runs
+    once after it. Compiled once per (step, options, array shape, batch_size, length).
+    """
+    full = length // batch_size
+    if full:
+        def body(carry, i):
+            batch = jax.lax.dynamic_slice_in_dim(images, start + i * batch_size, batch_size)
+            return step(carry, batch, *options), None
+
+        carry, _ = jax.lax.scan(body, carry, jnp.arange(full))
+    if length % batch_size:
+        tail = jax.lax.dynamic_slice_in_dim(images, start + full * batch_size,
+                                            length % batch_size)
+        carry = step(carry, tail, *options)
+    return carry
+
+
+def fold_batches(step, carry, images, *, batch_size: int | None = None, options: tuple = (),
+                 progress: bool = False, desc: str = "batches"):
+    """Folds `step(carry, batch, *options) -> carry` over the batches of `images` on device.
+
+    Args:
+      step: a jittable function defined at module level (it is a static argument of `jit`:
+        a new closure per call would recompile every time).
+      carry: the initial pytree (e.g. `empty_stats(...)`).
+      images: [N, ...] NumPy or JAX array; or an iterable of such batches (each batch is
+        one step; one compilation per distinct batch shape).
+      batch_size: rows per step for an array; None picks `auto_batch_size`.
+      options: hashable extra arguments passed to `step` (static).
+      progress: show a tqdm progress bar (images done).
+      desc: the progress bar's label.
+
+    Returns:
+      (carry, number of rows seen).
+
+    A device array is read in place, `BATCHES_PER_CALL` batches per host call (one compiled
+    `lax.scan`); a NumPy array is transferred one call's rows at a time. No Python loop runs
+    per batch, and every step of a call has the same shape (the last, shorter batch of the
+    array compiles once more).
+    """
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = images.shape[0] if hasattr(images, "shape") else None
+        bar = tqdm(total=total, desc=desc, unit="img")
+    seen = 0
+    try:
+        if hasattr(images, "shape"):
+            n = images.shape[0]
+            if batch_size is None:
+                batch_size = auto_batch_size(tuple(images.shape[1:]))
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            batch_size = min(batch_size, max(n, 1))
+            per_call = batch_size * BATCHES_PER_CALL
+            in_place = isinstance(images, jax.Array)
+            for start in range(0, n, per_call):
+                length = min(per_call, n - start)
+                source = images if in_place else jnp.asarray(images[start:start + length])
+                carry = _fold_slice(carry, source, start if in_place else 0, step=step,
+                                    options=options, batch_size=batch_size, length=length)
+                seen += length
+                if bar is not None:
+                    bar.update(length)
+        else:
+            for batch in images:
+                length = int(batch.shape[0])
+                if length == 0:
+                    continue
+                carry = _fold_slice(carry, jnp.asarray(batch), 0, step=step, options=options,
+                                    batch_size=length, length=length)
+                seen += length
+                if bar is not None:
+                    bar.update(length)
+    finally:
+        if bar is not None:
+            bar.close()
+    return carry, seen
+
+
+def _stats_step(stats: DatasetStats, batch, data_format: DataFormat) -> DatasetStats:
+    return update_stats(stats, batch, data_format=data_format)
 
 
 def compute_stats(images, *, scope: Scope = "channel",
                   data_format: DataFormat = "channels_last",
-                  batch_size: int | None = 8192, progress: bool = False) -> DatasetStats:
+                  batch_size: int | None = None, progress: bool = False) -> DatasetStats:
     """Statistics of a whole dataset in one streaming pass on the default device.
 
     Args:
@@ -240,8 +347,9 @@ def compute_stats(images, *, scope: Scope = "channel",
         iterable of such batches (a dataset that does not fit in memory).
       scope: "channel" (Keras' featurewise), "pixel" or "global".
       data_format: layout of `images`.
-      batch_size: images per device step when `images` is one array; the last batch is padded
-        and masked so every step has the same shape (one compilation). None: one step.
+      batch_size: images per device step when `images` is one array; None: about 2M values
+        per step (`auto_batch_size`). The result does not depend on it beyond float32
+        rounding.
       progress: show a tqdm progress bar.
 
     Returns:
@@ -251,51 +359,47 @@ def compute_stats(images, *, scope: Scope = "channel",
       ValueError: bad rank/channels/dtype, no images, or non-finite values.
     """
     check_data_format(data_format)
-    if hasattr(images, "shape"):
-        check_images(images, data_format)
-        n = images.shape[0]
-        batch_size = n if batch_size is None else min(batch_size, n)
-        batches = padded_batches(images, batch_size)
-        total = -(-n // batch_size)
-    else:
-        batches = ((b, None) for b in images)
-        total = None
-    stats = None
-    iterator = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(batches, total=total, desc=f"stats ({scope})", unit="batch")
-    for batch, mask in iterator:
-        if stats is None:
-            check_images(batch, data_format, name="first batch")
-            shape_hwc = _to_channels_last(jnp.zeros((1,) + tuple(batch.shape[1:])),
-                                          data_format).shape[1:]
-            elements = {"channel": shape_hwc[0] * shape_hwc[1], "pixel": 1,
-                        "global": math.prod(shape_hwc)}
-            if scope not in SCOPES:
-                raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-            stats = empty_stats(stat_shape(shape_hwc, scope), scope=scope,
-                                elements_per_image=elements[scope])
-        stats = _batch_update(stats, batch, data_format=data_format, mask=mask)
-    if stats is None or int(stats.count) == 0:
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    first, images = checked_source(images, data_format, caller="compute_stats")
+    shape_hwc = _to_channels_last(jnp.zeros((1,) + tuple(first.shape[1:])),
+                                  data_format).shape[1:]
+    elements = {"channel": shape_hwc[0] * shape_hwc[1], "pixel": 1,
+                "global": math.prod(shape_hwc)}
+    stats = empty_stats(stat_shape(shape_hwc, scope), scope=scope,
+                        elements_per_image=elements[scope])
+    stats, seen = fold_batches(_stats_step, stats, images, batch_size=batch_size,
+                               options=(data_format,), progress=progress,
+                               desc=f"stats ({scope})")
+    if seen == 0:
         raise ValueError("compute_stats got no images")
     return stats
 
 
-def padded_batches(images, batch_size: int):
-    """Yields (batch, mask) with every batch of `batch_size` rows; the last is zero-padded."""
-    n = images.shape[0]
-    for start in range(0, n, batch_size):
-        batch = images[start:start + batch_size]
-        valid = batch.shape[0]
-        mask = None
-        if valid < batch_size:
-            pad = [(0, batch_size - valid)] + [(0, 0)] * (batch.ndim - 1)
-            batch = (np.pad(batch, pad) if isinstance(batch, np.ndarray)
-                     else jnp.pad(batch, pad))
-            mask = np.arange(batch_size) < valid
-        yield batch, (np.ones(batch_size, bool) if mask is None else mask)
+def checked_source(images, data_format: DataFormat, *, caller: str):
+    """(first batch, images) for `fold_batches`, validated: an array is checked whole; a
+    stream has its first batch taken (to learn the image shape) and put back, and every batch
+    is checked as it arrives.
+
+    Raises:
+      ValueError: bad images (see `check_images`), or a stream with no batches.
+    """
+    if hasattr(images, "shape"):
+        check_images(images, data_format)
+        return images, images
+    stream = iter(images)
+    first = next(stream, None)
+    if first is None:
+        raise ValueError(f"{caller} got no images")
+    check_images(first, data_format, name="first batch")
+
+    def batches():
+        yield first
+        for batch in stream:
+            check_images(batch, data_format, name="batch", allow_empty=True)
+            yield batch
+
+    return first, batches()
 
 
 def save_stats(stats: DatasetStats, path: str | Path) -> None:

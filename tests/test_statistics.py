@@ -211,3 +211,70 @@ def test_zero_variance_channel_gives_zero_not_nan():
     stats = jaxscale.compute_stats(images)
     assert float(stats.variance[1]) == 0.0 and float(stats.std[1]) == 0.0
     assert np.isfinite(np.asarray(stats.std)).all()
+
+
+def _compiles_during(fn):
+    events = []
+
+    def on_event(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        result = fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    return result, len(events)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_array_folds_with_two_compilations_and_none_on_refit(on_device, monkeypatch):
+    # 1000 images, 7 per step, 4 steps per host call: 35 calls of 28 images and a last one of
+    # 20 (two full steps and a 6-image tail). One compilation per distinct call length.
+    monkeypatch.setattr(statistics, "BATCHES_PER_CALL", 4)
+    images = random_images(n=1000, h=3, w=2, dtype=np.float32, seed=4)
+    source = jax.device_put(images) if on_device else images
+    cached = statistics._fold_slice._cache_size()
+    stats = jaxscale.compute_stats(source, scope="pixel", batch_size=7)
+    assert int(stats.count) == 1000
+    assert_matches_reference(stats, images, "pixel", "channels_last")
+    assert statistics._fold_slice._cache_size() - cached == 2
+    _, compiles = _compiles_during(
+        lambda: jaxscale.compute_stats(source, scope="pixel", batch_size=7))
+    assert compiles == 0
+
+
+def test_fold_batches_calls_per_array_not_per_batch(monkeypatch):
+    calls = []
+    real = statistics._fold_slice
+
+    def spy(carry, images, start, **static):
+        calls.append((int(start), static["length"]))
+        return real(carry, images, start, **static)
+
+    monkeypatch.setattr(statistics, "_fold_slice", spy)
+    images = jax.device_put(random_images(n=100, h=2, w=2))
+    stats = jaxscale.compute_stats(images, batch_size=3)
+    assert calls == [(0, 100)]  # 33 full steps and a tail of 1, all in one compiled call
+    assert_matches_reference(stats, np.asarray(images), "channel", "channels_last")
+
+
+def test_auto_batch_size_targets_about_two_million_values():
+    assert statistics.auto_batch_size((28, 28, 1)) == 2 ** 21 // 784
+    assert statistics.auto_batch_size((32, 32, 3)) == 682
+    assert statistics.auto_batch_size((2048, 2048, 3)) == 1  # never zero
+
+
+def test_stream_skips_empty_batches_and_checks_every_batch():
+    images = random_images(n=20, dtype=np.float32)
+    stream = [images[:8], images[8:8], images[8:]]
+    stats = jaxscale.compute_stats(iter(stream))
+    assert int(stats.count) == 20
+    assert_matches_reference(stats, images, "channel", "channels_last")
+    bad = images[8:].copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        jaxscale.compute_stats(iter([images[:8], bad]))
+    with pytest.raises(ValueError, match="no images"):
+        jaxscale.compute_stats(iter([]))

@@ -1,0 +1,39 @@
+"""Per-image sums that run at full speed on every backend.
+
+XLA:CPU compiles a reduction over an image's pixels (`jnp.sum(x, axis=(1, 2))` on a batch)
+into a loop that adds one value at a time. The same sum written as a matrix-vector product
+with a vector of ones goes to the CPU's vectorised, multi-threaded GEMV instead: on the 2-core
+development machine, samplewise standardisation of a 4096-image MNIST batch ran 6.6x faster
+and the per-image statistics pass 3x faster. GPUs and TPUs reduce at memory bandwidth already
+(and a float32 dot on a TPU would need several bf16 passes), so there the sum stays `jnp.sum`.
+`jax.lax.platform_dependent` makes the choice when the program is lowered, so one traced
+function is right on every platform.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _sum_by_dot(x: jax.Array) -> jax.Array:
+    ones = jnp.ones((x.shape[1],), x.dtype)
+    return jax.lax.dot_general(x, ones, (((1,), (0,)), ((), ())),
+                               precision=jax.lax.Precision.HIGHEST)
+
+
+def _sum_by_reduce(x: jax.Array) -> jax.Array:
+    return jnp.sum(x, axis=1)
+
+
+def sum_middle_axis(x: jax.Array) -> jax.Array:
+    """Sums axis 1 of a 3-D array: float[N, K, C] -> float[N, C] (same float dtype).
+
+    Typical use: `images.reshape(n, h * w, c)` gives per-image, per-channel sums, and
+    `images.reshape(n, h * w * c, 1)` per-image sums over everything.
+    """
+    if x.ndim != 3:
+        raise ValueError(f"sum_middle_axis takes a rank-3 array [N, K, C], got shape {x.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"sum_middle_axis takes a float array, got {x.dtype}")
+    return jax.lax.platform_dependent(x, cpu=_sum_by_dot, default=_sum_by_reduce)
