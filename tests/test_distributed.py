@@ -119,14 +119,36 @@ def test_global_batch_from_local_rejects_uneven_rows():
         distributed.global_batch_from_local(np.zeros((6, 2)), distributed.batch_sharding())
 
 
+def _fake_second_host(monkeypatch, other_stats):
+    """Pretends to be process 0 of 2; the gather returns this host's statistics stacked with
+    `other_stats()` (what process 1 would send), computed lazily with the real count."""
+    from jax.experimental import multihost_utils
+
+    gathered = []
+
+    def allgather(stats, tiled=False):
+        assert not tiled
+        other = other_stats()
+        gathered.append(other)
+        return jax.tree_util.tree_map(lambda a, b: np.stack([np.asarray(a), np.asarray(b)]),
+                                      stats, other)
+
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    return gathered
+
+
 @pytest.mark.parametrize("scope", ["channel", "pixel", "global"])
-def test_global_dataset_stats_single_process_equals_compute_stats(scope):
+def test_global_dataset_stats_merges_the_other_hosts_share(monkeypatch, scope):
     images = np.random.default_rng(0).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
-    got = distributed.global_dataset_stats(images, scope=scope, batch_size=8)
-    want = compute_stats(images, scope=scope, batch_size=8)
-    assert int(got.count) == 20
-    np.testing.assert_array_equal(np.asarray(got.mean), np.asarray(want.mean))
-    np.testing.assert_array_equal(np.asarray(got.std), np.asarray(want.std))
+    mine, theirs = images[:13], images[13:]
+    gathered = _fake_second_host(monkeypatch, lambda: compute_stats(theirs, scope=scope))
+    got = distributed.global_dataset_stats(mine, scope=scope, batch_size=8)
+    assert len(gathered) == 1 and int(got.count) == 20
+    axes = {"channel": (0, 1, 2), "pixel": (0,), "global": (0, 1, 2, 3)}[scope]
+    whole = images.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(got.mean), whole.mean(axis=axes), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got.std), whole.std(axis=axes), rtol=1e-6)
 
 
 @pytest.mark.parametrize("data_format,shape,stat", [("channels_last", (0, 4, 5, 3), (3,)),
@@ -138,18 +160,29 @@ def test_global_dataset_stats_of_an_empty_host_is_the_identity(data_format, shap
     assert stats.elements_per_image == 20
 
 
-@pytest.mark.parametrize("mode", ["standardize", "none"])
-def test_global_scaling_params_single_process_equals_fit_scaling(mode):
-    config = scaling_config(mode)
+@pytest.mark.parametrize("mode,overrides", [("standardize", {}), ("center", {}),
+                                            ("center", {"samplewise_center": True})])
+def test_global_scaling_params_merges_the_other_hosts_share(monkeypatch, mode, overrides):
+    config = scaling_config(mode, **overrides)
     images = np.random.default_rng(1).integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
-    got = distributed.global_scaling_params(config, images, batch_size=5)
-    want = fit_scaling(config, images, batch_size=5)
-    for name in ("mean", "std"):
-        if getattr(want, name) is None:
-            assert getattr(got, name) is None
-        else:
-            np.testing.assert_array_equal(np.asarray(getattr(got, name)),
-                                          np.asarray(getattr(want, name)))
+    mine, theirs = images[:5], images[5:]
+    gathered = _fake_second_host(monkeypatch, lambda: fit_scaling(config, theirs).stats)
+    got = distributed.global_scaling_params(config, mine, batch_size=5)
+    want = fit_scaling(config, images)  # one process holding all rows
+    assert len(gathered) == 1 and int(got.stats.count) == 12
+    np.testing.assert_allclose(np.asarray(got.mean), np.asarray(want.mean), rtol=1e-6)
+    if config.featurewise_std_normalization:
+        np.testing.assert_allclose(np.asarray(got.std), np.asarray(want.std), rtol=1e-6)
+    else:
+        assert got.std is None
+    # and not what this host alone would have fitted
+    alone = fit_scaling(config, mine)
+    assert not np.allclose(np.asarray(got.mean), np.asarray(alone.mean), rtol=1e-3)
+
+
+def test_global_scaling_params_of_a_mode_without_fit_is_empty():
+    got = distributed.global_scaling_params(scaling_config("none"), np.zeros((2, 4, 4, 1)))
+    assert got.mean is None and got.std is None and got.stats is None
 
 
 def test_global_scaling_params_refuses_zca_across_processes(monkeypatch):
