@@ -12,8 +12,9 @@ reduce the float32 batch to one number, so nothing is optimised away. The paths:
 - streaming/records: the same from tfds ArrayRecord files on disk (`load_data_source`, real
   MNIST with tensorflow-datasets only), timed on its first RECORD_STEPS batches.
 
-Real MNIST is used when its files are found ($JAXSCALE_DATA_DIR or ../shared/data/mnist),
-otherwise a synthetic dataset of the same shape; the `data` column says which.
+`make bench` passes the images it loaded (real MNIST when its files are found, else synthetic
+ones of the same shape; the `data` column says which). Each path is timed over whole epochs
+(`benchmarks.timing.measure`: median of repeats, with their spread).
 
 Run: `python -m benchmarks.bench_pipeline [--quick]`.
 """
@@ -21,15 +22,15 @@ Run: `python -m benchmarks.bench_pipeline [--quick]`.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from benchmarks.timing import best_of
+from benchmarks.timing import measure
 from jaxscale import pipeline, scaling
-from jaxscale.datasets import load_data_source, load_dataset, synthetic_dataset
+from jaxscale.datasets import Dataset, load_data_source
 
 BATCH_SIZE = 128
 SEED = 0
@@ -37,37 +38,30 @@ RECORD_STEPS = 40
 
 
 def _mnist_folder() -> Path | None:
-    candidates = [os.environ.get("JAXSCALE_DATA_DIR"),
-                  Path(__file__).resolve().parents[2] / "shared" / "data"]
-    for folder in filter(None, candidates):
-        folder = Path(folder)
-        for path in (folder / "mnist", folder):
-            if (path / "train-images-idx3-ubyte.gz").exists():
-                return path
+    from benchmarks.data import candidate_dirs
+
+    for folder in candidate_dirs(None):
+        if (folder / "train-images-idx3-ubyte.gz").exists():
+            return folder
     return None
 
 
-def _mnist_or_synthetic(num_examples: int | None):
-    folder = _mnist_folder()
-    if folder is not None:
-        data, label = load_dataset("mnist", "train", data_dir=folder, source="raw"), "mnist (real)"
-    else:
-        data = synthetic_dataset(60000, (28, 28, 1), 10, seed=SEED)
-        label = "synthetic 28x28x1"
-    if num_examples is not None and num_examples < len(data):
-        data = data.take(slice(0, num_examples))
-    return data, label
+def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given",
+        repeats: int = 5, records: bool = True) -> list[dict]:
+    """Times every path on one epoch of `images` (uint8[N, H, W, C]) and `labels` (int[N]).
 
-
-def run(quick: bool = False) -> list[dict]:
-    """Times every path on one epoch; returns one row per path.
+    Args:
+      source: what the data is, for the `data` column (e.g. `BenchData.source`).
+      repeats: timed epochs per path (after one warm-up epoch).
+      records: also time tfds ArrayRecord files of real MNIST when tfds and the files exist.
 
     Row keys: bench, name, data, num_examples, batch_size, steps (timed batches),
-    seconds_per_epoch (extrapolated for streaming/records), batches_per_s, images_per_s,
-    device.
+    seconds_per_epoch (extrapolated for streaming/records), batches_per_s, images_per_s
+    (+ the `Timing.summary` figures), device.
     """
-    data, label = _mnist_or_synthetic(10240 if quick else None)
-    repeats = 2 if quick else 5
+    data = Dataset(np.asarray(images), np.asarray(labels).astype(np.int32), "bench", "train",
+                   10)
+    label = source
     config = scaling.scaling_config("standardize")
     params = scaling.fit_scaling(config, data.images)
     device_data = pipeline.put_on_device(data)
@@ -111,7 +105,7 @@ def run(quick: bool = False) -> list[dict]:
     paths = [("resident/scan", resident_scan, steps), ("resident/fused-step", resident_fused,
                                                          steps),
              ("resident/loop", resident_loop, steps), ("streaming", streaming, steps)]
-    records = _record_source()
+    records = _record_source() if records else None
     if records is not None:
         def streaming_records():
             batches = pipeline.stream_batches(records, BATCH_SIZE, seed=SEED, epoch=0)
@@ -121,15 +115,17 @@ def run(quick: bool = False) -> list[dict]:
     device = jax.devices()[0]
     rows = []
     for name, fn, timed_steps in paths:
-        seconds = best_of(fn, repeats)
+        timing = measure(lambda _, fn=fn: fn(), [None], items=timed_steps * BATCH_SIZE,
+                         repeats=repeats, warmup=1)
+        seconds = timing.median_s
         on_disk = name == "streaming/records"
         size = len(records) if on_disk else n
         rows.append(dict(bench="pipeline", name=name,
                          data="mnist (real, tfds ArrayRecord on disk)" if on_disk else label,
                          num_examples=size, batch_size=BATCH_SIZE, steps=timed_steps,
+                         **timing.summary(),
                          seconds_per_epoch=seconds * -(-size // BATCH_SIZE) / timed_steps,
                          batches_per_s=timed_steps / seconds,
-                         images_per_s=timed_steps * BATCH_SIZE / seconds,
                          device=f"{device.platform}:{device.device_kind}"))
     return rows
 
@@ -155,10 +151,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
+    from benchmarks import data as bench_data
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10240 images, 2 repeats")
     args = parser.parse_args(argv)
-    print(format_table(run(quick=args.quick)))
+    data = bench_data.load_bench_data(num_examples=10240 if args.quick else 60000)
+    print(format_table(run(data.images, data.labels, source=data.source,
+                           repeats=2 if args.quick else 5)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 
 import jaxscale
 from benchmarks import keras_peer
-from benchmarks.timing import Timing, measure
+from benchmarks.timing import Job, measure, measure_interleaved
 
 KERAS_MAX_BATCH = 1024
 MODES = tuple(jaxscale.scaling.MODES)
@@ -95,29 +95,23 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
         flow = (keras_peer.keras_flow_iterator(images, mode, batch_size=keras_batch)
                 if keras else None)
         keras_calls = 1 if mode == "zca" else keras_batches
-        # Warm-up, then ours and Keras' repeats interleaved: on a shared host the load changes
-        # from second to second, and interleaving exposes both sides to the same load.
-        measure(ours, device_batches, items=batch_size, repeats=1, warmup=2,
-                calls_per_repeat=count)
+        # ours and Keras' repeats interleaved: on a shared host the load changes from second
+        # to second, and interleaving exposes both sides to the same load
+        jobs = {"ours": Job(ours, device_batches, batch_size, calls_per_repeat=count,
+                            warmup=count + 2)}
         if flow is not None:
-            measure(lambda _: next(flow), [None], items=keras_batch, repeats=1, warmup=0)
-        ours_seconds, keras_seconds = [], []
-        for _ in range(repeats):
-            ours_seconds += measure(ours, device_batches, items=batch_size, repeats=1,
-                                    warmup=0, calls_per_repeat=count).seconds
-            if flow is not None:
-                keras_seconds += measure(lambda _: next(flow), [None], items=keras_batch,
-                                         repeats=1, warmup=0,
-                                         calls_per_repeat=keras_calls).seconds
-        timing = Timing(tuple(ours_seconds), batch_size * count)
+            jobs["keras"] = Job(lambda _: next(flow), [None], keras_batch,
+                                calls_per_repeat=keras_calls)
+        timings = measure_interleaved(jobs, repeats=repeats)
+        timing = timings["ours"]
         moved = bytes_per_batch(mode, device_batches[0].shape) * count
         gb_per_s = moved / timing.median_s / 1e9
         row = {"bench": "scaling", "name": mode, "batch_size": batch_size, "buffers": count,
                **timing.summary(), "gb_per_s": gb_per_s,
                "roofline_fraction": gb_per_s / roofline["gb_per_s"],
                "keras_images_per_s": None, "ratio": None}
-        if keras_seconds:
-            peer = Timing(tuple(keras_seconds), keras_batch * keras_calls)
+        if "keras" in timings:
+            peer = timings["keras"]
             row["keras_images_per_s"] = peer.items_per_s
             row["keras_batch_size"] = keras_batch
             row["keras_spread"] = peer.spread

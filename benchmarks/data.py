@@ -9,7 +9,6 @@ on a fresh machine. The source is recorded in every result.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from pathlib import Path
 
@@ -56,23 +55,19 @@ def load_bench_data(data_dir: str | Path | None = None, *,
 
     Never raises for missing data: the reason for falling back is kept in `source`.
     """
+    from jaxscale import datasets
+
     why = "no MNIST files found"
-    try:
-        datasets = importlib.import_module("jaxscale.datasets")
-    except ImportError as error:  # the module is young; the bench must still run
-        datasets, why = None, f"jaxscale.datasets unavailable: {error}"
-    if datasets is not None:
-        for folder in candidate_dirs(data_dir):
-            if (folder / "train-images-idx3-ubyte.gz").exists():
-                try:
-                    train = datasets.load_dataset("mnist", "train", data_dir=folder,
-                                                  source="raw")
-                except (ValueError, OSError, AttributeError, TypeError) as error:
-                    why = f"MNIST at {folder} unreadable: {error}"
-                    continue
-                n = min(num_examples, len(train))
-                return BenchData(train.images[:n], train.labels[:n].astype(np.int32),
-                                 f"mnist ({folder})")
+    for folder in candidate_dirs(data_dir):
+        if (folder / "train-images-idx3-ubyte.gz").exists():
+            try:
+                train = datasets.load_dataset("mnist", "train", data_dir=folder, source="raw")
+            except (ValueError, OSError) as error:
+                why = f"MNIST at {folder} unreadable: {error}"
+                continue
+            n = min(num_examples, len(train))
+            return BenchData(train.images[:n], train.labels[:n].astype(np.int32),
+                             f"mnist ({folder})")
     return synthetic_bench_data(num_examples, seed=seed, why=why)
 
 

@@ -79,9 +79,8 @@ def numpy_fit_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.mean(x, axis=(0, 1, 2)), np.std(x, axis=(0, 1, 2))
 
 
-def keras_fit_timing(images: np.ndarray, mode: str = "standardize", *, repeats: int = 3,
-                     warmup: int = 1) -> Timing | None:
-    """Seconds of Keras' own `ImageDataGenerator.fit(images)`; None without keras."""
+def keras_fit_fn(mode: str = "standardize"):
+    """`fit(images)` running Keras' own `ImageDataGenerator.fit`; None without keras."""
     generator = keras_generator(mode)
     if generator is None:
         return None
@@ -92,6 +91,15 @@ def keras_fit_timing(images: np.ndarray, mode: str = "standardize", *, repeats: 
             generator.fit(x)
         return None
 
+    return fit
+
+
+def keras_fit_timing(images: np.ndarray, mode: str = "standardize", *, repeats: int = 3,
+                     warmup: int = 1) -> Timing | None:
+    """Seconds of Keras' own `ImageDataGenerator.fit(images)`; None without keras."""
+    fit = keras_fit_fn(mode)
+    if fit is None:
+        return None
     return measure(fit, [images], items=len(images), repeats=repeats, warmup=warmup)
 
 

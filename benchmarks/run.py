@@ -4,8 +4,9 @@
 
 Sections (each a module of this package): stats (dataset statistics vs NumPy / Keras `fit`),
 scaling (scaling alone vs Keras `flow`, GB/s against the measured copy roofline), train (the BN
-CNN's step with each mode fused, vs Keras `train_on_batch`), augment and pipeline (written by
-other engineers; run when present). A section that cannot run is reported as n/a with why.
+CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs Keras'
+`flow`, and its share of the train step) and pipeline (device-resident vs streaming input). A
+section that fails is reported as n/a with why, and the others still run.
 
 Writes `<out>/latest.json` (+ a timestamped copy) and `<out>/latest.png`, and prints a table.
 Method: warm-up excluded, `block_until_ready`, median and spread of repeats, rotated buffers.
@@ -78,26 +79,16 @@ def settings(quick: bool) -> dict:
         return {"stats": {"repeats": 3, "modes": ("standardize",)},
                 "scaling": {"batch_size": 2048, "buffers": 4, "repeats": 3,
                             "keras_batches": 2},
-                "train": {"steps": 5, "warmup": 1, "modes": ("none", "standardize")}}
+                "train": {"steps": 5, "warmup": 1, "modes": ("none", "standardize")},
+                "augment": {"buffers": 2, "repeats": 3, "flow_batches": 3, "keras_batches": 2,
+                            "fused_batch_sizes": (64,), "fused_rounds": 3},
+                "pipeline": {"repeats": 2}}
     return {"stats": {"repeats": 5},
             "scaling": {"batch_size": 4096, "buffers": 8, "repeats": 5, "keras_batches": 4},
-            "train": {"steps": 20, "warmup": 3}}
-
-
-def _external_rows(module_name: str, quick: bool) -> list[dict]:
-    """Rows of another engineer's `benchmarks.<module>.run(quick)`, or one n/a row."""
-    bench = module_name.removeprefix("bench_")
-    try:
-        module = importlib.import_module(f"benchmarks.{module_name}")
-        runner = module.run
-    except (ImportError, AttributeError) as error:
-        return [{"bench": bench, "name": module_name, "status": "n/a",
-                 "why": f"benchmarks.{module_name}.run unavailable: {error}"}]
-    rows = runner(quick=quick)
-    for row in rows:
-        row.setdefault("bench", bench)
-        row.setdefault("name", module_name)
-    return rows
+            "train": {"steps": 20, "warmup": 3},
+            "augment": {"buffers": 8, "repeats": 5, "flow_batches": 12, "keras_batches": 6,
+                        "fused_batch_sizes": (64, 512), "fused_rounds": 10},
+            "pipeline": {"repeats": 5}}
 
 
 def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:
@@ -112,8 +103,13 @@ def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:
     if section == "train":
         from benchmarks import bench_train
         return bench_train.run(data.images, data.labels, keras=keras, **sizes)
-    if section in ("augment", "pipeline"):
-        return _external_rows(f"bench_{section}", quick)
+    if section == "augment":
+        from benchmarks import bench_augment
+        return bench_augment.run(data.images, data.labels, keras=keras, **sizes)
+    if section == "pipeline":
+        from benchmarks import bench_pipeline
+        return bench_pipeline.run(data.images, data.labels, source=data.source,
+                                  records=data.is_real, **sizes)
     raise ValueError(f"unknown section {section!r}; known: {SECTIONS}")
 
 

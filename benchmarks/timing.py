@@ -95,6 +95,48 @@ def measure(fn: Callable[[Any], Any], inputs: Sequence[Any], *, items: int,
     return Timing(tuple(seconds), items * calls_per_repeat)
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One piece of work for `measure_interleaved` (fields as in `measure`).
+
+    `repeats`: how many of the rounds this job takes part in (None: all); a slow peer can sit
+    out the later rounds.
+    """
+
+    fn: Callable[[Any], Any]
+    inputs: Sequence[Any]
+    items: int
+    calls_per_repeat: int = 1
+    warmup: int = 1
+    repeats: int | None = None
+
+
+def measure_interleaved(jobs: dict[str, Job], *, repeats: int) -> dict[str, Timing]:
+    """Times several jobs round-robin: round r runs one repeat of every job in turn.
+
+    On a shared host the load changes from second to second; interleaving exposes every job
+    (ours and the peer of a ratio) to the same load, where timing them one after the other
+    would not. Warm-ups of every job run first.
+
+    Returns:
+      {name: Timing} in the order of `jobs`.
+    """
+    if repeats < 1:
+        raise ValueError(f"need repeats >= 1, got {repeats}")
+    for job in jobs.values():
+        for call in range(job.warmup):
+            jax.block_until_ready(job.fn(job.inputs[call % len(job.inputs)]))
+    seconds = {name: [] for name in jobs}
+    for round_ in range(repeats):
+        for name, job in jobs.items():
+            if job.repeats is not None and round_ >= job.repeats:
+                continue
+            seconds[name] += measure(job.fn, job.inputs, items=job.items, repeats=1, warmup=0,
+                                     calls_per_repeat=job.calls_per_repeat).seconds
+    return {name: Timing(tuple(seconds[name]), job.items * job.calls_per_repeat)
+            for name, job in jobs.items()}
+
+
 def best_of(fn: Callable[[], Any], repeats: int) -> float:
     """Seconds of the fastest of `repeats` calls of `fn`, after one warm-up call.
 

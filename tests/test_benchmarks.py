@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import (bench_scaling, bench_stats, bench_train, data, keras_peer, report,
                         reproduce, run)
-from benchmarks.timing import Timing, measure
+from benchmarks.timing import Job, Timing, measure, measure_interleaved
 
 
 def tiny_images(n=64, h=8, w=8, c=1, seed=0):
@@ -28,6 +28,24 @@ def test_measure_excludes_warmup_and_rotates_buffers(warmup, repeats, calls):
     assert seen == [["a", "b", "c"][k % 3] for k in range(total)]
     assert len(timing.seconds) == repeats
     assert timing.items == 10 * calls
+
+
+def test_measure_interleaved_runs_jobs_round_robin_after_all_warmups():
+    seen = []
+    timings = measure_interleaved({
+        "ours": Job(lambda x: seen.append(("ours", x)), ["a", "b"], 4, calls_per_repeat=2,
+                    warmup=1),
+        "peer": Job(lambda x: seen.append(("peer", x)), ["p"], 3, warmup=2, repeats=2),
+    }, repeats=3)
+    assert seen == [("ours", "a"), ("peer", "p"), ("peer", "p"),    # warm-ups
+                    ("ours", "a"), ("ours", "b"), ("peer", "p"),    # round 1
+                    ("ours", "a"), ("ours", "b"), ("peer", "p"),    # round 2
+                    ("ours", "a"), ("ours", "b")]                   # round 3: peer sat out
+    assert list(timings) == ["ours", "peer"]
+    assert len(timings["ours"].seconds) == 3 and timings["ours"].items == 8
+    assert len(timings["peer"].seconds) == 2 and timings["peer"].items == 3
+    with pytest.raises(ValueError, match="repeats"):
+        measure_interleaved({}, repeats=0)
 
 
 def test_timing_summary_figures():
@@ -120,7 +138,7 @@ def test_train_rows_carry_interleaved_overheads(monkeypatch):
                        "step_ms_median": 1.0, "step_ms_spread": 0.1, "compiles": 0,
                        "overhead_pct": overheads[name]} for name in variants}
 
-    monkeypatch.setattr(bench_train, "train_step_benchmark", lambda: (fake_benchmark, None))
+    monkeypatch.setattr(bench_train.training, "benchmark_train_variants", fake_benchmark)
     rows = bench_train.run(tiny_images(), np.zeros(64, np.int32), modes=("none", "standardize"),
                            keras=False)
     by_name = {r["name"]: r for r in rows}
@@ -131,11 +149,28 @@ def test_train_rows_carry_interleaved_overheads(monkeypatch):
     assert by_name["keras_train_on_batch"]["status"] == "n/a"
 
 
-def test_train_rows_say_why_when_training_is_missing(monkeypatch):
-    monkeypatch.setattr(bench_train, "train_step_benchmark", lambda: (None, "not yet"))
-    rows = bench_train.run(tiny_images(), np.zeros(64, np.int32), modes=("none",),
-                           augment=False, keras=False)
-    assert [(r["name"], r["status"], r["why"]) for r in rows[:1]] == [("none", "n/a", "not yet")]
+def test_augment_rows_time_the_train_sections_step(monkeypatch):
+    from benchmarks import bench_augment
+
+    asked = {}
+
+    def fake_benchmark(variants, **kwargs):
+        asked.update(variants, batch_size=kwargs["batch_size"], model=kwargs["model"])
+        return {name: {"images_per_s": 640.0, "step_ms_median": 100.0,
+                       "step_ms_spread": 5.0} for name in variants}
+
+    monkeypatch.setattr(bench_augment.training, "benchmark_train_variants", fake_benchmark)
+    rows = bench_augment.run(tiny_images(n=32), np.zeros(32, np.int32), batch_sizes=(8,),
+                             buffers=2, repeats=2, flow_batches=2, fused_batch_sizes=(16,),
+                             fused_rounds=2, keras=False)
+    assert [r["name"] for r in rows] == ["augment_jit/order1", "augment_jit/order0", "flow",
+                                         "fused_train_step"]
+    assert asked["model"] == "bn_cnn" and asked["batch_size"] == 16
+    assert asked["plain"] == ("normalize", None)
+    assert asked["fused"][0] == "normalize" and asked["fused"][1] is not None
+    fused = rows[-1]
+    assert fused["images_per_s"] == 640.0 and 0 < fused["augment_share"]
+    assert all(len(r["seconds_repeats"]) == 2 for r in rows[:3])
 
 
 def test_report_table_json_and_chart(tmp_path):

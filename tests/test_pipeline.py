@@ -202,7 +202,10 @@ def test_streaming_from_a_record_source_equals_resident(mnist_dir):
 @pytest.mark.slow
 def test_benchmark_rows():
     from benchmarks import bench_pipeline
-    rows = bench_pipeline.run(quick=True)
+    from jaxscale.datasets import synthetic_dataset
+    data = synthetic_dataset(1024, (28, 28, 1), 10, seed=0)
+    rows = bench_pipeline.run(data.images, data.labels, source="synthetic", repeats=2,
+                              records=False)
     names = [r["name"] for r in rows]
     assert names[:4] == ["resident/scan", "resident/fused-step", "resident/loop", "streaming"]
     assert all(r["batches_per_s"] > 0 and r["batch_size"] == 128 for r in rows)
