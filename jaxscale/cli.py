@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     def distributed_flags(p):
         p.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize first (multi-process run); each "
-                       "process loads its shard, only process 0 writes logs/checkpoints")
+                       "process loads its shard, only process 0 writes logs/checkpoints. "
+                       "Implied on a Cloud TPU VM, under Slurm or Open MPI, and when "
+                       "JAX_COORDINATOR_ADDRESS is set")
         p.add_argument("--coordinator-address", default=None,
                        help="host:port of process 0 (with --distributed)")
         p.add_argument("--num-processes", type=int, default=None,
@@ -121,9 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _initialize(args) -> None:
+    """Joins the multi-process job: when asked (--distributed), or when this process evidently
+    is part of one (a Cloud TPU VM, Slurm, Open MPI, JAX_COORDINATOR_ADDRESS set), as
+    `distributed.auto_initialize` decides; then `args.distributed` is True."""
+    from jaxscale import distributed
     if args.distributed:
-        from jaxscale import distributed
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    elif distributed.auto_initialize():
+        args.distributed = True
 
 
 def _load(args, split: str):

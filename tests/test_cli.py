@@ -53,3 +53,20 @@ def test_train_smoke_writes_metrics_summary_and_checkpoint(mnist_dir, tmp_path, 
     assert (out / "checkpoints" / "step_00000020.msgpack").exists()
     assert (out / "checkpoints" / "scaling.npz").exists()
     assert "test_accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("joins", [False, True])
+def test_stats_joins_a_job_it_is_evidently_part_of(mnist_dir, capsys, monkeypatch, joins):
+    from jaxscale import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "auto_initialize", lambda: calls.append(1) or joins)
+    merged = []
+    real = distributed.global_dataset_stats
+    monkeypatch.setattr(distributed, "global_dataset_stats",
+                        lambda images, **kw: merged.append(len(images)) or real(images, **kw))
+    assert cli.main(["stats", "--data-dir", str(mnist_dir), "--split", "test[:500]",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert calls == [1] and out["count"] == 500
+    assert merged == ([500] if joins else [])  # joined: statistics merged across hosts
