@@ -145,14 +145,8 @@ def run_train(args) -> dict:
 
     from jaxscale import training
     _initialize(args)
-    parallel = args.parallel
-    if parallel == "auto":
-        # Host-platform "devices" share the same cores: splitting a batch over them buys no
-        # speed, and their in-process all-reduce can time out on a loaded machine.
-        count = args.devices or jax.local_device_count()
-        accelerated = jax.devices()[0].platform != "cpu"
-        parallel = "mesh" if (count > 1 and accelerated) or jax.process_count() > 1 \
-            else "none"
+    parallel = training.auto_parallel(args.devices) if args.parallel == "auto" \
+        else args.parallel
     config = training.TrainConfig(
         model=args.model, scaling=args.scaling, augment=None if args.augment == "none"
         else args.augment, epochs=args.epochs, batch_size=args.batch_size,

@@ -54,8 +54,9 @@ class TrainConfig:
       warmup_steps: linear warm-up steps for "warmup_cosine".
       weight_decay: decoupled weight decay (adamw; added to the gradient for adam/sgd).
       seed: run seed (initialisation, epoch order, dropout, augmentation).
-      parallel: "none" (one device), "pmap" (replicated state, `lax.pmean`) or "mesh"
-        (`jax.jit` over a `Mesh` with the batch sharded by `NamedSharding`).
+      parallel: "none" (one device), "pmap" (replicated state, `lax.pmean`), "mesh"
+        (`jax.jit` over a `Mesh` with the batch sharded by `NamedSharding`), or "auto"
+        (`auto_parallel`, decided when `train` starts).
       devices: how many local devices to use (None: all) for "pmap"/"mesh".
       dropout_rate: override the model's dropout rate (None keeps it).
       eval_batch_size: test-set batch size (padded and masked, never dropped).
@@ -85,8 +86,9 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.parallel not in PARALLEL:
-            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        if self.parallel not in (*PARALLEL, "auto"):
+            raise ValueError(f"parallel must be one of {PARALLEL} or 'auto', "
+                             f"got {self.parallel!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -358,6 +360,18 @@ def evaluate(runner, state, data, batch_size: int) -> dict:
     return {"loss": total["loss_sum"] / count, "accuracy": total["correct"] / count}
 
 
+def auto_parallel(devices: int | None = None) -> str:
+    """The data parallelism `parallel="auto"` picks: "mesh" across several processes or
+    several accelerators (`devices` local ones; None: all), else "none".
+
+    Host-platform CPU "devices" share the same cores: splitting a batch over them buys no
+    speed, and their in-process all-reduce can time out on a loaded machine.
+    """
+    count = devices or jax.local_device_count()
+    accelerated = jax.devices()[0].platform != "cpu"
+    return "mesh" if (count > 1 and accelerated) or jax.process_count() > 1 else "none"
+
+
 def train(config: TrainConfig, train_data, test_data=None, *,
           scaling_params: ScalingParams | None = None,
           checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
@@ -386,6 +400,8 @@ def train(config: TrainConfig, train_data, test_data=None, *,
     """
     from jaxscale import checkpoint, parallel
 
+    if config.parallel == "auto":
+        config = dataclasses.replace(config, parallel=auto_parallel(config.devices))
     images, labels, num_classes = _arrays(train_data)
     _check_data(images, labels)
     labels = labels.astype(np.int32)

@@ -76,7 +76,7 @@ def test_eval_step_ignores_masked_rows(data):
 
 def test_train_reaches_accuracy_and_records_history(data, tmp_path):
     config = training.TrainConfig(model="small_cnn", scaling="normalize", epochs=3,
-                                  batch_size=32, eval_batch_size=64)
+                                  batch_size=32, eval_batch_size=64, parallel="auto")
     result = training.train(config, data, (data.images[:100], data.labels[:100]),
                             metrics_path=tmp_path / "m.jsonl", log_every=4)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
@@ -84,6 +84,23 @@ def test_train_reaches_accuracy_and_records_history(data, tmp_path):
     assert result.history[-1]["test_accuracy"] > 0.5  # chance is 0.1
     lines = (tmp_path / "m.jsonl").read_text().splitlines()
     assert sum('"kind": "epoch"' in line for line in lines) == 3
+
+
+@pytest.mark.parametrize("platform,devices,processes,want", [
+    ("cpu", 8, 1, "none"),   # host "devices" share the cores
+    ("cpu", 1, 2, "mesh"),   # several processes always shard
+    ("gpu", 4, 1, "mesh"),
+    ("gpu", 1, 1, "none"),
+])
+def test_auto_parallel(monkeypatch, platform, devices, processes, want):
+    class Device:
+        pass
+
+    device = Device()
+    device.platform = platform
+    monkeypatch.setattr(jax, "devices", lambda *a: [device])
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    assert training.auto_parallel(devices) == want
 
 
 def test_no_recompilation_after_first_step():
