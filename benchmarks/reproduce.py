@@ -5,10 +5,13 @@ Rows (5 epochs, batch 64, Adam lr 1e-3, as the tutorials):
                                     (tutorial 000: 98.07 / 99.12 / 99.34 % test accuracy)
   bn_augment                        the BatchNorm CNN, /255 scaling, the rotation/shift/shear/
                                     zoom recipe (tutorial 001: 99.0 %)
+  bn_augment_cosine                 the same with Adam's learning rate decayed from 1e-3 to 0
+                                    over the 5 epochs (cosine): our recipe for this project's
+                                    own 99.5 % bar, not the tutorial's
 
 Writes `reproduce.md` (table), `reproduce.json` (every epoch of every run) and
 `reproduce.png` (test-accuracy curves, mean over seeds) to `--out`
-(default benchmarks/results/). A full run is 4 rows x 3 seeds x 5 epochs; a quick subset:
+(default benchmarks/results/). A full run is 5 rows x 3 seeds x 5 epochs; a quick subset:
 
     python -m benchmarks.reproduce --rows normalize --seeds 1 --epochs 1
 
@@ -20,6 +23,7 @@ the tutorial's single published run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,12 +32,31 @@ from pathlib import Path
 
 import numpy as np
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of the table.
+
+    Attributes:
+      model, scaling, augment, schedule: as in `jaxscale.training.TrainConfig`.
+      tutorial: the tutorial's test accuracy in percent for its recipe.
+      bar: the accuracy this project asks of the row (issue 5): the tutorial's figure for
+        the small CNN, 99.5 % for the BatchNorm CNN with augmentation.
+    """
+
+    model: str
+    scaling: str
+    augment: str | None
+    tutorial: float
+    bar: float
+    schedule: str = "constant"
+
+
 ROWS = {
-    # name: (model, scaling, augment, tutorial's test accuracy in percent)
-    "normalize": ("small_cnn", "normalize", None, 98.07),
-    "center": ("small_cnn", "center", None, 99.12),
-    "standardize": ("small_cnn", "standardize", None, 99.34),
-    "bn_augment": ("bn_cnn", "normalize", "seed", 99.0),
+    "normalize": Row("small_cnn", "normalize", None, 98.07, 98.07),
+    "center": Row("small_cnn", "center", None, 99.12, 99.12),
+    "standardize": Row("small_cnn", "standardize", None, 99.34, 99.34),
+    "bn_augment": Row("bn_cnn", "normalize", "seed", 99.0, 99.5),
+    "bn_augment_cosine": Row("bn_cnn", "normalize", "seed", 99.0, 99.5, schedule="cosine"),
 }
 _SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -83,12 +106,14 @@ def run(args) -> dict:
     results = {"epochs": args.epochs, "seeds": args.seeds, "batch_size": args.batch_size,
                "rows": {}}
     for name in args.rows:
-        model, scaling, augment, tutorial = ROWS[name]
+        row = ROWS[name]
+        model, scaling = row.model, row.scaling
         runs = []
         for seed in range(args.seeds):
-            config = training.TrainConfig(model=model, scaling=scaling, augment=augment,
+            config = training.TrainConfig(model=model, scaling=scaling, augment=row.augment,
                                           epochs=args.epochs, batch_size=args.batch_size,
-                                          seed=seed, parallel=args.parallel)
+                                          schedule=row.schedule, seed=seed,
+                                          parallel=args.parallel)
             start = time.perf_counter()
             result = training.train(config, train_data, test_data, progress=args.progress)
             curve = [h["test_accuracy"] * 100 for h in result.history]
@@ -98,8 +123,7 @@ def run(args) -> dict:
                   f"{', '.join(f'{a:.2f}' for a in curve)} % "
                   f"({runs[-1]['seconds']:.0f} s)", flush=True)
         finals = np.array([r["test_accuracy"][-1] for r in runs])
-        results["rows"][name] = {"model": model, "scaling": scaling, "augment": augment,
-                                 "tutorial": tutorial, "mean": float(finals.mean()),
+        results["rows"][name] = {**dataclasses.asdict(row), "mean": float(finals.mean()),
                                  "std": float(finals.std()), "runs": runs}
         if getattr(args, "keras", False) and model == "small_cnn":
             keras_runs = _keras_runs(name, scaling, args, train_data, test_data)
@@ -130,20 +154,24 @@ def _keras_runs(name, scaling, args, train_data, test_data) -> list[float] | Non
 
 def markdown(results: dict) -> str:
     lines = [f"MNIST test accuracy after {results['epochs']} epochs, batch "
-             f"{results['batch_size']}, Adam 1e-3; ours is the mean (± std) over "
-             f"{results['seeds']} seed(s).", "",
-             "| row | model | scaling | augment | tutorial % | ours % | per seed % | "
-             "at least tutorial |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{results['batch_size']}, Adam 1e-3 (constant, or cosine-decayed to 0 where the "
+             f"schedule says so); ours is the mean (± std) over {results['seeds']} seed(s). "
+             "The bar is the tutorial's figure for the small CNN and 99.5 % for the BatchNorm "
+             "CNN with augmentation.", "",
+             "| row | model | scaling | augment | schedule | tutorial % | bar % | ours % | "
+             "per seed % | meets bar |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     keras = any("keras" in row for row in results["rows"].values())
     if keras:
         lines[2] += " Keras here, mean ± std % | Keras per seed % |"
         lines[3] += "---|---|"
     for name, row in results["rows"].items():
         seeds = ", ".join(f"{r['test_accuracy'][-1]:.2f}" for r in row["runs"])
-        ok = "yes" if row["mean"] >= row["tutorial"] else "**no**"
+        bar = row.get("bar", row["tutorial"])
+        ok = "yes" if row["mean"] >= bar else "**no**"
         line = (f"| {name} | {row['model']} | {row['scaling']} | "
-                f"{row['augment'] or '-'} | {row['tutorial']:.2f} | "
+                f"{row['augment'] or '-'} | {row.get('schedule', 'constant')} | "
+                f"{row['tutorial']:.2f} | {bar:.2f} | "
                 f"{row['mean']:.2f} ± {row['std']:.2f} | {seeds} | {ok} |")
         if keras:
             runs = row.get("keras")
@@ -163,10 +191,11 @@ def plot(results: dict, path: Path) -> None:
         curves = np.array([r["test_accuracy"] for r in row["runs"]])
         epochs = np.arange(1, curves.shape[1] + 1)
         line, = ax.plot(epochs, curves.mean(0), marker="o", label=f"{name} (ours)")
-        ax.axhline(row["tutorial"], color=line.get_color(), linestyle=":", linewidth=1)
+        ax.axhline(row.get("bar", row["tutorial"]), color=line.get_color(), linestyle=":",
+                   linewidth=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("MNIST test accuracy (dotted: tutorial's figure)")
+    ax.set_title("MNIST test accuracy (dotted: the row's bar)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
