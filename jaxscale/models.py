@@ -105,8 +105,6 @@ def _small_cnn(num_classes: int, **kwargs) -> nn.Module:
 
 @register_model("bn_cnn")
 def _bn_cnn(num_classes: int, **kwargs) -> nn.Module:
-    if kwargs.get("dropout_rate") is None:
-        kwargs.pop("dropout_rate", None)
     return BNCNN(num_classes=num_classes, **kwargs)
 
 
@@ -116,8 +114,9 @@ def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     Args:
       name: a key of `MODELS` ("small_cnn", "bn_cnn").
       num_classes: logits per image.
-      **kwargs: model options: `axis_name` (pmap axis for BatchNorm), `dropout_rate`
-        (None keeps the model's default); models without them ignore them.
+      **kwargs: model options: `axis_name` (pmap axis for BatchNorm), `dropout_rate`;
+        an option given as None keeps the model's default (it is not passed to the builder),
+        and models without an option ignore it.
 
     Raises:
       ValueError: unknown name, or num_classes < 1.
@@ -126,5 +125,5 @@ def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return MODELS[name](num_classes, **kwargs)
+    return MODELS[name](num_classes, **{k: v for k, v in kwargs.items() if v is not None})
 

@@ -56,3 +56,12 @@ def test_registry_errors_and_extension():
     with pytest.raises(ValueError, match="already registered"):
         models.register_model("small_cnn")(lambda n, **k: None)
     assert {"small_cnn", "bn_cnn"} <= set(models.MODELS)
+
+
+def test_none_options_keep_the_models_defaults_and_zero_is_passed():
+    get_model = models.get_model
+    assert get_model("bn_cnn", dropout_rate=None, axis_name=None).dropout_rate == 0.2
+    assert get_model("bn_cnn", dropout_rate=0.0).dropout_rate == 0.0
+    assert get_model("bn_cnn", axis_name="batch").axis_name == "batch"
+    # the small CNN has neither option and ignores both
+    assert isinstance(get_model("small_cnn", dropout_rate=0.5, axis_name="batch"), models.SmallCNN)
