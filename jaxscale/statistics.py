@@ -289,8 +289,8 @@ def fold_batches(step, carry, images, *, batch_size: int | None = None, options:
 
     A device array is read in place, `BATCHES_PER_CALL` batches per host call (one compiled
     `lax.scan`); a NumPy array is transferred one call's rows at a time. No Python loop runs
-    per batch, and every step of a call has the same shape (the last, shorter batch of the
-    array compiles once more).
+    per batch; a call compiles once per length, so an array costs at most two compilations
+    (full calls, and the shorter last one).
     """
     bar = None
     if progress:
