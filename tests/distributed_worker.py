@@ -111,9 +111,14 @@ def run_train(args) -> dict:
     config = training.TrainConfig(model="bn_cnn", batch_size=SHARDS * LOCAL_BATCH,
                                   eval_batch_size=SHARDS * LOCAL_BATCH, epochs=1,
                                   parallel="mesh")
-    result = training.train(config, local, max_steps=STEPS)
+    # Only process 0 writes checkpoints; saving must not wait on the other host.
+    ckpt = args.out / "checkpoints"
+    result = training.train(config, local, max_steps=STEPS, checkpoint_dir=ckpt)
     leaves = jax.tree_util.tree_leaves((result.state.params, result.state.batch_stats))
+    from jaxscale import checkpoint
+    latest = checkpoint.latest_checkpoint(ckpt)
     return {"process_index": jax.process_index(),
+            "checkpoint": None if latest is None else latest.name,
             "train_loss": result.history[-1]["train_loss"],
             "param_checksum": [float(np.abs(np.asarray(leaf, np.float64)).sum())
                                for leaf in leaves]}

@@ -50,7 +50,8 @@ def test_train_smoke_writes_metrics_summary_and_checkpoint(mnist_dir, tmp_path, 
     assert summary["final"]["test_accuracy"] > 0.5
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["kind"] == "epoch"] == [10, 20]
-    assert (out / "checkpoints" / "step_00000020.msgpack").exists()
+    from jaxscale import checkpoint
+    assert (out / "checkpoints" / f"step_00000020.{checkpoint.FORMAT}").exists()
     assert (out / "checkpoints" / "scaling.npz").exists()
     assert "test_accuracy" in capsys.readouterr().out
 

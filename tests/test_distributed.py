@@ -285,6 +285,16 @@ def test_training_loop_across_processes_keeps_hosts_identical(tmp_path):
     results = [json.loads((tmp_path / "out" / f"{i}.json").read_text()) for i in range(2)]
     assert results[0]["param_checksum"] == results[1]["param_checksum"]
     assert results[0]["train_loss"] == results[1]["train_loss"]
+    # process 0 wrote the final checkpoint alone (in the format of the day) and it restores
+    from jaxscale import checkpoint, training
+    assert results[0]["checkpoint"] == f"step_00000003.{checkpoint.FORMAT}"
+    config = training.TrainConfig(model="bn_cnn", batch_size=8)
+    tx = training.make_optimizer(config, 3)
+    target = training.create_train_state(training.models.get_model("bn_cnn", 10), tx,
+                                         (16, 16, 3), jax.random.PRNGKey(0))
+    restored, meta = checkpoint.restore_checkpoint(
+        tmp_path / "out" / "checkpoints" / results[0]["checkpoint"], target)
+    assert int(restored.step) == 3 and meta["config"]["model"] == "bn_cnn"
 
 
 def _run_until_survivor_fails(tmp: Path, victim: int, freeze: bool) -> tuple[int, float, str]:
