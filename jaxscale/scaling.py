@@ -22,7 +22,6 @@ every step that precedes the featurewise ones, so fitted data comes out with mea
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 from typing import Callable, Iterable
