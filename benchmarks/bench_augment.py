@@ -29,7 +29,7 @@ import numpy as np
 
 import jaxscale
 from benchmarks import keras_peer
-from benchmarks.timing import measure
+from benchmarks.timing import device_batches, measure
 from jaxscale import augmentation, training
 
 RECIPE = dict(rotation_range=8, width_shift_range=0.08, height_shift_range=0.08,
@@ -37,16 +37,11 @@ RECIPE = dict(rotation_range=8, width_shift_range=0.08, height_shift_range=0.08,
 SEED = 0
 
 
-def _device_batches(images: np.ndarray, batch_size: int, buffers: int) -> list:
-    count = max(1, min(buffers, len(images) // batch_size))
-    return [jax.device_put(images[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
-
-
 def _augment_rows(images, batch_sizes, buffers, repeats, keras_rate):
     rows = []
     key = jax.random.PRNGKey(SEED)
     for batch_size in batch_sizes:
-        batches = _device_batches(images, batch_size, buffers)
+        batches = device_batches(images, batch_size, buffers)
         for order in (1, 0):
             config = augmentation.SEED_RECIPE.replace(interpolation_order=order)
             timing = measure(lambda b, config=config: augmentation.augment_jit(key, b, config),
@@ -75,7 +70,7 @@ def _fused_rows(images, labels, batch_size, rounds, buffers):
         labels=labels, seed=SEED)
     key = jax.random.PRNGKey(SEED)
     alone = measure(lambda b: augmentation.augment_jit(key, b, augmentation.SEED_RECIPE),
-                    _device_batches(images, batch_size, buffers), items=batch_size,
+                    device_batches(images, batch_size, buffers), items=batch_size,
                     repeats=rounds, warmup=2)
     plain_s = steps["plain"]["step_ms_median"] / 1e3
     fused_s = steps["fused"]["step_ms_median"] / 1e3

@@ -19,7 +19,7 @@ import numpy as np
 
 import jaxscale
 from benchmarks import keras_peer
-from benchmarks.timing import Job, measure, measure_interleaved
+from benchmarks.timing import Job, device_batches, measure, measure_interleaved
 
 KERAS_MAX_BATCH = 1024
 MODES = tuple(jaxscale.scaling.MODES)
@@ -79,9 +79,8 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
       keras_images_per_s, ratio (ours / Keras).
     """
     batch_size = min(batch_size, len(images))
-    count = max(1, min(buffers, len(images) // batch_size))
-    device_batches = [jax.device_put(images[i * batch_size:(i + 1) * batch_size])
-                      for i in range(count)]
+    batches = device_batches(images, batch_size, buffers)
+    count = len(batches)
     roofline = roofline or copy_bandwidth()
     rows = [roofline]
     for mode in modes:
@@ -97,14 +96,14 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
         keras_calls = 1 if mode == "zca" else keras_batches
         # ours and Keras' repeats interleaved: on a shared host the load changes from second
         # to second, and interleaving exposes both sides to the same load
-        jobs = {"ours": Job(ours, device_batches, batch_size, calls_per_repeat=count,
+        jobs = {"ours": Job(ours, batches, batch_size, calls_per_repeat=count,
                             warmup=count + 2)}
         if flow is not None:
             jobs["keras"] = Job(lambda _: next(flow), [None], keras_batch,
                                 calls_per_repeat=keras_calls)
         timings = measure_interleaved(jobs, repeats=repeats)
         timing = timings["ours"]
-        moved = bytes_per_batch(mode, device_batches[0].shape) * count
+        moved = bytes_per_batch(mode, batches[0].shape) * count
         gb_per_s = moved / timing.median_s / 1e9
         row = {"bench": "scaling", "name": mode, "batch_size": batch_size, "buffers": count,
                **timing.summary(), "gb_per_s": gb_per_s,

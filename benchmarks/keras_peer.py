@@ -94,15 +94,6 @@ def keras_fit_fn(mode: str = "standardize"):
     return fit
 
 
-def keras_fit_timing(images: np.ndarray, mode: str = "standardize", *, repeats: int = 3,
-                     warmup: int = 1) -> Timing | None:
-    """Seconds of Keras' own `ImageDataGenerator.fit(images)`; None without keras."""
-    fit = keras_fit_fn(mode)
-    if fit is None:
-        return None
-    return measure(fit, [images], items=len(images), repeats=repeats, warmup=warmup)
-
-
 def keras_flow_iterator(images: np.ndarray, mode: str, *, batch_size: int,
                         augment: dict | None = None):
     """Keras' `flow` iterator of a mode (and an augmentation recipe), fitted; None without keras.

@@ -137,6 +137,13 @@ def measure_interleaved(jobs: dict[str, Job], *, repeats: int) -> dict[str, Timi
             for name, job in jobs.items()}
 
 
+def device_batches(images, batch_size: int, buffers: int) -> list:
+    """Up to `buffers` distinct consecutive batches of `images`, put on the default device,
+    for `measure` to rotate through (fewer when the data holds fewer whole batches)."""
+    count = max(1, min(buffers, len(images) // batch_size))
+    return [jax.device_put(images[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
+
+
 def best_of(fn: Callable[[], Any], repeats: int) -> float:
     """Seconds of the fastest of `repeats` calls of `fn`, after one warm-up call.
 

@@ -125,18 +125,17 @@ def restore_checkpoint(path: str | Path, target: Any) -> tuple[Any, dict]:
       ValueError: nothing is there, or it does not fit `target`'s structure.
     """
     path = Path(path)
+    orbax = path.is_dir() and path.suffix == ".orbax"
+    if not (orbax or path.is_file()):
+        raise ValueError(f"no checkpoint at {path}")
     target = jax.device_get(target)
     try:
-        if path.is_dir() and path.suffix == ".orbax":
+        if orbax:
             state = _orbax_checkpointer().restore(path.absolute(), target)
             state = jax.tree_util.tree_map(np.asarray, state)
-        elif path.is_file():
-            state = serialization.from_bytes(target, path.read_bytes())
         else:
-            raise ValueError(f"no checkpoint at {path}")
+            state = serialization.from_bytes(target, path.read_bytes())
     except (ValueError, KeyError, TypeError) as error:
-        if str(error).startswith("no checkpoint at"):
-            raise
         raise ValueError(f"checkpoint {path} does not match the model/optimizer being "
                          f"restored: {error}") from error
     meta_path = path.with_suffix(".json")

@@ -30,9 +30,8 @@ from jaxscale.statistics import (
     DatasetStats,
     Scope,
     compute_stats,
-    empty_stats,
+    empty_stats_for,
     merge_stats_across_hosts,
-    stat_shape,
 )
 from jaxscale.scaling import ScalingConfig, ScalingParams, fit_scaling
 from jaxscale.validation import DataFormat, check_data_format
@@ -245,11 +244,7 @@ def global_dataset_stats(local_images, *, scope: Scope = "channel",
                          f"{getattr(local_images, 'shape', None)}")
     if local_images.shape[0] == 0:
         # A host without rows still joins the merge, with the identity element.
-        shape = tuple(local_images.shape[1:])
-        hwc = shape if data_format == "channels_last" else (shape[1], shape[2], shape[0])
-        elements = {"channel": hwc[0] * hwc[1], "pixel": 1, "global": int(np.prod(hwc))}
-        stats = empty_stats(stat_shape(hwc, scope), scope=scope,
-                            elements_per_image=elements[scope])
+        stats = empty_stats_for(local_images.shape[1:], scope=scope, data_format=data_format)
     else:
         stats = compute_stats(local_images, scope=scope, data_format=data_format,
                               batch_size=batch_size)

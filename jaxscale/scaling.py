@@ -354,10 +354,8 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int | None = None,
         raise ValueError(
             f"ZCA needs a {features}x{features} matrix for images of shape {hwc}; "
             f"the limit is {MAX_ZCA_FEATURES} features. Downscale the images first.")
-    scope = config.statistics_scope
-    elements = {"channel": hwc[0] * hwc[1], "pixel": 1, "global": features}[scope]
-    stats = statistics.empty_stats(statistics.stat_shape(hwc, scope), scope=scope,
-                                   elements_per_image=elements)
+    # statistics of the prepared (channels_last) images the featurewise steps see
+    stats = statistics.empty_stats_for(hwc, scope=config.statistics_scope)
     d = features if config.zca_whitening else 1
     moments = SecondMoments(jnp.zeros((), jnp.int32), jnp.zeros((d,), jnp.float32),
                             jnp.zeros((d, d), jnp.float32))

@@ -164,6 +164,17 @@ def stat_shape(image_shape_hwc: tuple[int, int, int], scope: Scope) -> tuple[int
     return {"channel": (c,), "pixel": (h, w, c), "global": ()}[scope]
 
 
+def empty_stats_for(image_shape: tuple[int, ...], *, scope: Scope = "channel",
+                    data_format: DataFormat = "channels_last") -> DatasetStats:
+    """`empty_stats` for images of `image_shape` (one image, in `data_format`'s layout)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    shape = tuple(image_shape)
+    h, w, c = shape if data_format == "channels_last" else (*shape[1:], shape[0])
+    elements = {"channel": h * w, "pixel": 1, "global": h * w * c}[scope]
+    return empty_stats(stat_shape((h, w, c), scope), scope=scope, elements_per_image=elements)
+
+
 def batch_stats(images: jax.Array, *, scope: Scope = "channel",
                 data_format: DataFormat = "channels_last",
                 mask: jax.Array | None = None) -> DatasetStats:
@@ -366,12 +377,7 @@ def compute_stats(images, *, scope: Scope = "channel",
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     first, images = checked_source(images, data_format, caller="compute_stats")
-    shape_hwc = _to_channels_last(jnp.zeros((1,) + tuple(first.shape[1:])),
-                                  data_format).shape[1:]
-    elements = {"channel": shape_hwc[0] * shape_hwc[1], "pixel": 1,
-                "global": math.prod(shape_hwc)}
-    stats = empty_stats(stat_shape(shape_hwc, scope), scope=scope,
-                        elements_per_image=elements[scope])
+    stats = empty_stats_for(first.shape[1:], scope=scope, data_format=data_format)
     stats, seen = fold_batches(_stats_step, stats, images, batch_size=batch_size,
                                options=(data_format,), progress=progress,
                                desc=f"stats ({scope})")

@@ -409,11 +409,9 @@ def train(config: TrainConfig, train_data, test_data=None, *,
     scaling = scaling_config(config.scaling)
     multi = jax.process_count() > 1
     if scaling_params is None:
-        if multi:
-            from jaxscale.distributed import global_scaling_params
-            scaling_params = global_scaling_params(scaling, images)
-        else:
-            scaling_params = fit_scaling(scaling, images)
+        # with one process this is fit_scaling; with several, the merge over all hosts
+        from jaxscale.distributed import global_scaling_params
+        scaling_params = global_scaling_params(scaling, images)
     # Several processes (jax.distributed): each holds its own rows and feeds its share of
     # every global batch through `global_batch_from_local`; the step is the mesh one.
     if multi and config.parallel != "mesh":
