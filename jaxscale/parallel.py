@@ -14,11 +14,17 @@ dataset, augment, scale, forward/backward, update) however the devices are used:
   (`NamedSharding(mesh, P("data"))`). The program is the single-device one; XLA partitions it
   and inserts the gradient all-reduce itself. This is the direction JAX is taking, and the
   path that spans several processes (`train_batch` with `distributed.global_batch_from_local`).
+
+On CPU devices the "none" and "mesh" steps are compiled with
+`compiler_options.step_compiler_options` (XLA's own convolutions instead of YNNPACK's, ~1.5x
+faster steps on CPU); `jax.pmap` takes no compiler options, so "pmap" keeps XLA's defaults
+(it is the accelerator path).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -27,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxscale import models
+from jaxscale.compiler_options import step_compiler_options
 from jaxscale.training import TrainConfig, make_eval_step, make_train_step
 
 AXIS = "batch"  # pmap axis name (gradients, metrics and BatchNorm statistics)
@@ -152,14 +159,15 @@ def make_runner(kind: str, config: TrainConfig, tx, scaling, scaling_params=None
         return _mesh_runner(model, devices, step, eval_step)
     device = devices[0]
     donate = donated_state(devices)
+    jit = functools.partial(jax.jit, compiler_options=step_compiler_options(devices))
     put = lambda tree: jax.device_put(tree, device)  # noqa: E731
     return Runner(kind=kind, model=model, devices=tuple(devices), put_state=put,
                   get_state=jax.device_get, put_data=lambda x, y: put((x, y)),
                   put_indices=put,
-                  train=jax.jit(_fused(step), donate_argnums=donate),
-                  eval=jax.jit(_fused_eval(eval_step)),
-                  train_batch=jax.jit(step, donate_argnums=donate),
-                  eval_batch=jax.jit(eval_step))
+                  train=jit(_fused(step), donate_argnums=donate),
+                  eval=jit(_fused_eval(eval_step)),
+                  train_batch=jit(step, donate_argnums=donate),
+                  eval_batch=jit(eval_step))
 
 
 def _pmap_runner(model, devices, step, eval_step) -> Runner:
@@ -207,6 +215,7 @@ def _mesh_runner(model, devices, step, eval_step) -> Runner:
     rows = NamedSharding(mesh, P(MESH_AXIS))
     per_step_rows = NamedSharding(mesh, P(None, MESH_AXIS))
     donate = donated_state(devices)
+    jit = functools.partial(jax.jit, compiler_options=step_compiler_options(devices))
 
     def constrained(fused):
         def run(state, data, indices, *rest):
@@ -214,14 +223,14 @@ def _mesh_runner(model, devices, step, eval_step) -> Runner:
                          *rest)
         return run
 
-    train = jax.jit(constrained(_fused(step)),
+    train = jit(constrained(_fused(step)),
                     in_shardings=(replicated, replicated, per_step_rows, None, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=donate)
-    evaluate = jax.jit(constrained(_fused_eval(eval_step)),
+    evaluate = jit(constrained(_fused_eval(eval_step)),
                        in_shardings=(replicated, replicated, per_step_rows, per_step_rows,
                                      None),
                        out_shardings=replicated)
-    train_batch = jax.jit(step, in_shardings=(replicated, rows, rows, replicated),
+    train_batch = jit(step, in_shardings=(replicated, rows, rows, replicated),
                           out_shardings=(replicated, replicated), donate_argnums=donate)
     return Runner(kind="mesh", model=model, devices=tuple(devices),
                   put_state=lambda state: jax.device_put(state, replicated),
@@ -229,6 +238,6 @@ def _mesh_runner(model, devices, step, eval_step) -> Runner:
                   put_data=lambda x, y: jax.device_put((x, y), replicated),
                   put_indices=lambda indices: jax.device_put(indices, per_step_rows),
                   train=train, eval=evaluate, train_batch=train_batch,
-                  eval_batch=jax.jit(eval_step, in_shardings=(replicated, rows, rows, rows),
+                  eval_batch=jit(eval_step, in_shardings=(replicated, rows, rows, rows),
                                      out_shardings=replicated),
                   batch_sharding=rows)
