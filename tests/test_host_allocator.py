@@ -48,6 +48,7 @@ def test_large_buffer_comes_from_the_heap_once_tuned():
     tuned = _probe("tuned")
     assert untouched["mmapped"] >= 64 << 20  # glibc's default: a fresh mmap per large buffer
     assert tuned["line"].startswith("glibc ") and "256 MiB" in tuned["line"]
+    assert tuned["line"].endswith("1 arena")
     assert tuned["mmapped"] == 0
 
 
@@ -58,7 +59,37 @@ def test_environment_switch_leaves_the_allocator_alone():
     assert switched_off["mmapped"] >= 64 << 20
 
 
-@pytest.mark.parametrize("kwargs", [{"mmap_threshold": 0}, {"trim_threshold": -1}])
-def test_non_positive_thresholds_are_refused(kwargs):
-    with pytest.raises(ValueError, match="thresholds must be positive"):
+# Threads that malloc get arenas of their own unless tuned; malloc_stats (stderr) lists them.
+_ARENA_PROBE = r"""
+import ctypes, sys, threading
+from jaxscale.host_allocator import tune_host_allocator, _glibc
+libc = _glibc()
+libc.malloc.restype = ctypes.c_void_p
+if sys.argv[1] == "tuned":
+    tune_host_allocator()
+kept = []
+threads = [threading.Thread(target=lambda: kept.append(libc.malloc(1 << 20))) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc.malloc_stats()
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+@pytest.mark.parametrize("mode,one_arena", [("untouched", False), ("tuned", True)])
+def test_threads_share_one_arena_once_tuned(mode, one_arena):
+    done = subprocess.run([sys.executable, "-c", _ARENA_PROBE, mode], capture_output=True,
+                          text=True, check=True)
+    arenas = [line for line in done.stderr.splitlines() if line.startswith("Arena ")]
+    assert arenas and (len(arenas) == 1) == one_arena
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mmap_threshold": 0}, "thresholds must be positive"),
+    ({"trim_threshold": -1}, "thresholds must be positive"),
+    ({"arena_max": 0}, "arena_max must be positive")])
+def test_non_positive_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         host_allocator.tune_host_allocator(**kwargs)
