@@ -127,12 +127,13 @@ def keras_flow_timing(images: np.ndarray, mode: str, *, batch_size: int, batches
                        warmup=1, calls_per_repeat=batches)
 
 
-def keras_bn_cnn(image_shape=(28, 28, 1), num_classes: int = 10):
+def keras_bn_cnn(image_shape=(28, 28, 1), num_classes: int = 10, learning_rate=1e-3):
     """Keras 3's twin of `jaxscale.models.BNCNN` (None without keras).
 
     Conv32-BN-ReLU, Conv32-BN-ReLU, Pool, Conv64-BN-ReLU, Conv64-BN-ReLU, Pool, Flatten,
     Dense512-BN-ReLU, Dropout 0.2, Dense(num_classes); 3x3 valid convolutions without bias,
-    BatchNorm momentum 0.99 and epsilon 1e-3, Adam 1e-3 (jaxscale's TrainConfig defaults).
+    BatchNorm momentum 0.99 and epsilon 1e-3, Adam at `learning_rate` (a float or a Keras
+    schedule; 1e-3 as jaxscale's TrainConfig default), integer labels, metric accuracy.
     """
     try:
         import keras
@@ -150,9 +151,9 @@ def keras_bn_cnn(image_shape=(28, 28, 1), num_classes: int = 10):
         layers.Dense(512, use_bias=False), layers.BatchNormalization(momentum=0.99,
                                                                      epsilon=1e-3),
         layers.ReLU(), layers.Dropout(0.2), layers.Dense(num_classes)])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=True)
+                  metrics=["accuracy"], jit_compile=True)
     return model
 
 
@@ -191,34 +192,66 @@ def keras_small_cnn(image_shape=(28, 28, 1), num_classes: int = 10):
     return model
 
 
+def keras_augment_keywords(config) -> dict:
+    """Keras ImageDataGenerator keywords of an `AugmentConfig`: the fields that differ from
+    the defaults (both use Keras' names)."""
+    import dataclasses
+
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+            if field.name != "data_format" and getattr(config, field.name) != field.default}
+
+
 def keras_tutorial_accuracy(mode: str, train_images: np.ndarray, train_labels: np.ndarray,
                             test_images: np.ndarray, test_labels: np.ndarray, *, seed: int,
-                            epochs: int = 5, batch_size: int = 64) -> float | None:
-    """Test accuracy (percent) of the tutorial's recipe run by Keras itself; None without keras.
+                            epochs: int = 5, batch_size: int = 64, model: str = "small_cnn",
+                            augment: dict | None = None, schedule: str = "constant"
+                            ) -> float | None:
+    """Test accuracy (percent) of a tutorial's recipe run by Keras itself; None without keras.
 
-    The tutorial's steps: `ImageDataGenerator(<mode's keywords>)`, `fit` on the training
-    images, `flow` over train and test at `batch_size`, the small CNN `fit` for `epochs`, then
-    `evaluate` on the test iterator. `keras.utils.set_random_seed(seed)` seeds initialisation
-    and shuffling.
+    The tutorials' steps: `ImageDataGenerator(<mode's keywords>, <augment keywords>)`, `fit`
+    on the training images, `flow` over train (augmented) and test (not) at `batch_size`, the
+    model `fit` for `epochs` (every batch of the flow for the small CNN, as tutorial 000;
+    `N // batch_size` steps for the BN CNN, as tutorial 001), then `evaluate` on the test
+    flow. `keras.utils.set_random_seed(seed)` seeds initialisation, shuffling and
+    augmentation.
 
     Args:
       mode: a key of KERAS_KEYWORDS ("normalize", "center", "standardize", ...).
       train_images, test_images: uint8[N, H, W, C]; train_labels, test_labels: int[N].
+      model: "small_cnn" (`keras_small_cnn`, one-hot labels) or "bn_cnn" (`keras_bn_cnn`).
+      augment: Keras augmentation keywords for the training flow (`keras_augment_keywords`).
+      schedule: "constant" Adam 1e-3, or "cosine" from 1e-3 to 0 over the run (bn_cnn only).
     """
-    generator = keras_generator(mode)
-    if generator is None:
+    if model not in ("small_cnn", "bn_cnn"):
+        raise ValueError(f"no Keras twin for model {model!r}")
+    if schedule != "constant" and model != "bn_cnn":
+        raise ValueError("a learning-rate schedule is only wired for the bn_cnn twin")
+    train_generator = keras_generator(mode, **(augment or {}))
+    if train_generator is None:
         return None
+    test_generator = keras_generator(mode)
     import keras
     keras.utils.set_random_seed(seed)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    train_onehot = keras.utils.to_categorical(train_labels, num_classes)
-    test_onehot = keras.utils.to_categorical(test_labels, num_classes)
+    if model == "small_cnn":
+        train_targets = keras.utils.to_categorical(train_labels, num_classes)
+        test_targets = keras.utils.to_categorical(test_labels, num_classes)
+    else:
+        train_targets, test_targets = np.asarray(train_labels), np.asarray(test_labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        generator.fit(train_images)
-        train_flow = generator.flow(train_images, train_onehot, batch_size=batch_size)
-        test_flow = generator.flow(test_images, test_onehot, batch_size=batch_size)
-        model = keras_small_cnn(tuple(train_images.shape[1:]), num_classes)
-        model.fit(train_flow, steps_per_epoch=len(train_flow), epochs=epochs, verbose=0)
-        _, accuracy = model.evaluate(test_flow, steps=len(test_flow), verbose=0)
+        train_generator.fit(train_images)
+        test_generator.fit(train_images)
+        train_flow = train_generator.flow(train_images, train_targets, batch_size=batch_size)
+        test_flow = test_generator.flow(test_images, test_targets, batch_size=batch_size)
+        shape = tuple(train_images.shape[1:])
+        if model == "small_cnn":
+            network, steps = keras_small_cnn(shape, num_classes), len(train_flow)
+        else:
+            steps = len(train_images) // batch_size
+            rate = (1e-3 if schedule == "constant" else
+                    keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=steps * epochs))
+            network = keras_bn_cnn(shape, num_classes, learning_rate=rate)
+        network.fit(train_flow, steps_per_epoch=steps, epochs=epochs, verbose=0)
+        _, accuracy = network.evaluate(test_flow, steps=len(test_flow), verbose=0)
     return float(accuracy) * 100.0

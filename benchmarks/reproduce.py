@@ -15,9 +15,10 @@ Writes `reproduce.md` (table), `reproduce.json` (every epoch of every run) and
 
     python -m benchmarks.reproduce --rows normalize --seeds 1 --epochs 1
 
-With `--keras` (and keras installed) the small-CNN rows are also run the tutorial's way by
-Keras itself, same seeds, on the same data, so each row has a same-machine Keras figure beside
-the tutorial's single published run.
+With `--keras` (and keras installed) every row is also run the tutorial's way by Keras itself
+(`ImageDataGenerator` with the row's scaling and augmentation keywords, `flow`, the Keras twin
+of the model, `fit`), same seeds, on the same data, so each row has a same-machine Keras
+figure beside the tutorial's single published run.
 """
 
 from __future__ import annotations
@@ -125,24 +126,28 @@ def run(args) -> dict:
         finals = np.array([r["test_accuracy"][-1] for r in runs])
         results["rows"][name] = {**dataclasses.asdict(row), "mean": float(finals.mean()),
                                  "std": float(finals.std()), "runs": runs}
-        if getattr(args, "keras", False) and model == "small_cnn":
-            keras_runs = _keras_runs(name, scaling, args, train_data, test_data)
+        if getattr(args, "keras", False):
+            keras_runs = _keras_runs(name, row, args, train_data, test_data)
             if keras_runs:
                 results["rows"][name]["keras"] = keras_runs
     return results
 
 
-def _keras_runs(name, scaling, args, train_data, test_data) -> list[float] | None:
+def _keras_runs(name, row, args, train_data, test_data) -> list[float] | None:
     """The row's final test accuracy per seed, run by Keras; None without keras."""
     from benchmarks import keras_peer
+    from jaxscale.training import augment_config
 
+    augment = augment_config(row.augment)
+    keywords = None if augment is None else keras_peer.keras_augment_keywords(augment)
     accuracies = []
     for seed in range(args.seeds):
         start = time.perf_counter()
         accuracy = keras_peer.keras_tutorial_accuracy(
-            scaling, np.asarray(train_data.images), np.asarray(train_data.labels),
+            row.scaling, np.asarray(train_data.images), np.asarray(train_data.labels),
             np.asarray(test_data.images), np.asarray(test_data.labels), seed=seed,
-            epochs=args.epochs, batch_size=args.batch_size)
+            epochs=args.epochs, batch_size=args.batch_size, model=row.model,
+            augment=keywords, schedule=row.schedule)
         if accuracy is None:
             print(f"{name}: keras is not installed; no Keras runs", flush=True)
             return None

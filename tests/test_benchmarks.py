@@ -6,6 +6,7 @@ promise.
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -268,3 +269,60 @@ def test_keras_runs_the_tutorial_recipe_and_learns():
         "standardize", images[:512], labels[:512], images[512:], labels[512:], seed=0,
         epochs=2, batch_size=32)
     assert 90.0 <= accuracy <= 100.0
+
+
+def test_keras_augment_keywords_are_the_recipe_s_non_defaults():
+    from jaxscale.augmentation import SEED_RECIPE
+
+    assert keras_peer.keras_augment_keywords(SEED_RECIPE) == {
+        "rotation_range": 8, "width_shift_range": 0.08, "height_shift_range": 0.08,
+        "shear_range": 0.3, "zoom_range": (0.92, 1.08)}
+
+
+def test_keras_runs_each_row_with_its_model_augmentation_and_schedule(monkeypatch):
+    calls = []
+    monkeypatch.setattr(keras_peer, "keras_tutorial_accuracy",
+                        lambda *args, **kwargs: calls.append((args, kwargs)) or 99.0)
+    data = types.SimpleNamespace(images=np.zeros((4, 28, 28, 1), np.uint8),
+                                 labels=np.zeros(4, np.int32))
+    args = types.SimpleNamespace(seeds=2, epochs=1, batch_size=2)
+    runs = reproduce._keras_runs("bn_augment_cosine", reproduce.ROWS["bn_augment_cosine"],
+                                 args, data, data)
+    assert runs == [99.0, 99.0]
+    assert [kwargs["seed"] for _, kwargs in calls] == [0, 1]
+    args0, kwargs0 = calls[0]
+    assert args0[0] == "normalize" and kwargs0["model"] == "bn_cnn"
+    assert kwargs0["schedule"] == "cosine" and kwargs0["augment"]["rotation_range"] == 8
+    reproduce._keras_runs("center", reproduce.ROWS["center"], args, data, data)
+    assert calls[-1][1]["model"] == "small_cnn" and calls[-1][1]["augment"] is None
+
+
+def test_keras_runs_the_bn_recipe_with_augmentation_and_learns():
+    pytest.importorskip("keras")
+    from jaxscale.augmentation import SEED_RECIPE
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(1152) % 4
+    images = rng.integers(0, 40, (1152, 20, 20, 1)).astype(np.uint8)
+    for k in range(4):  # class k: a bright 5x5 block in quadrant k
+        r, c = 2 + 10 * (k // 2), 2 + 10 * (k % 2)
+        images[labels == k, r:r + 5, c:c + 5] = 250
+    # 768 steps: BatchNorm's moving averages (momentum 0.99) need a few hundred before the
+    # evaluation, which uses them, sees what training learnt (at 200 it still predicts one class).
+    accuracy = keras_peer.keras_tutorial_accuracy(
+        "normalize", images[:1024], labels[:1024], images[1024:], labels[1024:], seed=0,
+        epochs=6, batch_size=8, model="bn_cnn",
+        augment=keras_peer.keras_augment_keywords(SEED_RECIPE), schedule="cosine")
+    assert 90.0 <= accuracy <= 100.0
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"model": "resnet"}, "no Keras twin"),
+    ({"schedule": "cosine"}, "only wired for the bn_cnn")])
+def test_keras_recipe_refuses_what_it_cannot_run(kwargs, message):
+    pytest.importorskip("keras")
+    images = np.zeros((8, 28, 28, 1), np.uint8)
+    labels = np.zeros(8, np.int32)
+    with pytest.raises(ValueError, match=message):
+        keras_peer.keras_tutorial_accuracy("normalize", images, labels, images, labels,
+                                           seed=0, **kwargs)
