@@ -257,14 +257,21 @@ def test_reproduce_table_has_keras_columns_when_keras_ran():
     assert "| 68.83 ± 41.73 | 97.95, 98.73, 9.82 |" in table
 
 
+def _quadrant_images(count: int, size: int, block: int):
+    """uint8[count, size, size, 1] noise with class k's bright block in quadrant k; labels."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(count) % 4
+    images = rng.integers(0, 40, (count, size, size, 1)).astype(np.uint8)
+    half = size // 2
+    for k in range(4):
+        r, c = 2 + half * (k // 2), 2 + half * (k % 2)
+        images[labels == k, r:r + block, c:c + block] = 250
+    return images, labels
+
+
 def test_keras_runs_the_tutorial_recipe_and_learns():
     pytest.importorskip("keras")
-    rng = np.random.default_rng(0)
-    labels = np.arange(640) % 4
-    images = rng.integers(0, 40, (640, 12, 12, 1)).astype(np.uint8)
-    for k in range(4):  # class k: a bright 3x3 block in quadrant k
-        r, c = 2 + 6 * (k // 2), 2 + 6 * (k % 2)
-        images[labels == k, r:r + 3, c:c + 3] = 250
+    images, labels = _quadrant_images(640, 12, 3)
     accuracy = keras_peer.keras_tutorial_accuracy(
         "standardize", images[:512], labels[:512], images[512:], labels[512:], seed=0,
         epochs=2, batch_size=32)
@@ -301,12 +308,7 @@ def test_keras_runs_the_bn_recipe_with_augmentation_and_learns():
     pytest.importorskip("keras")
     from jaxscale.augmentation import SEED_RECIPE
 
-    rng = np.random.default_rng(0)
-    labels = np.arange(1152) % 4
-    images = rng.integers(0, 40, (1152, 20, 20, 1)).astype(np.uint8)
-    for k in range(4):  # class k: a bright 5x5 block in quadrant k
-        r, c = 2 + 10 * (k // 2), 2 + 10 * (k % 2)
-        images[labels == k, r:r + 5, c:c + 5] = 250
+    images, labels = _quadrant_images(1152, 20, 5)
     # 768 steps: BatchNorm's moving averages (momentum 0.99) need a few hundred before the
     # evaluation, which uses them, sees what training learnt (at 200 it still predicts one class).
     accuracy = keras_peer.keras_tutorial_accuracy(
