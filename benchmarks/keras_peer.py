@@ -14,6 +14,7 @@ Keras is an optional extra: every function returning Keras figures returns None 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
@@ -195,8 +196,6 @@ def keras_small_cnn(image_shape=(28, 28, 1), num_classes: int = 10):
 def keras_augment_keywords(config) -> dict:
     """Keras ImageDataGenerator keywords of an `AugmentConfig`: the fields that differ from
     the defaults (both use Keras' names)."""
-    import dataclasses
-
     return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
             if field.name != "data_format" and getattr(config, field.name) != field.default}
 
@@ -229,7 +228,8 @@ def keras_tutorial_accuracy(mode: str, train_images: np.ndarray, train_labels: n
     train_generator = keras_generator(mode, **(augment or {}))
     if train_generator is None:
         return None
-    test_generator = keras_generator(mode)
+    # The test flow scales only; it needs its own generator (fitted alike) when training augments.
+    test_generator = keras_generator(mode) if augment else train_generator
     import keras
     keras.utils.set_random_seed(seed)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -241,7 +241,8 @@ def keras_tutorial_accuracy(mode: str, train_images: np.ndarray, train_labels: n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train_generator.fit(train_images)
-        test_generator.fit(train_images)
+        if test_generator is not train_generator:
+            test_generator.fit(train_images)
         train_flow = train_generator.flow(train_images, train_targets, batch_size=batch_size)
         test_flow = test_generator.flow(test_images, test_targets, batch_size=batch_size)
         shape = tuple(train_images.shape[1:])

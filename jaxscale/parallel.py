@@ -224,14 +224,13 @@ def _mesh_runner(model, devices, step, eval_step) -> Runner:
         return run
 
     train = jit(constrained(_fused(step)),
-                    in_shardings=(replicated, replicated, per_step_rows, None, replicated),
-                    out_shardings=(replicated, replicated), donate_argnums=donate)
+                in_shardings=(replicated, replicated, per_step_rows, None, replicated),
+                out_shardings=(replicated, replicated), donate_argnums=donate)
     evaluate = jit(constrained(_fused_eval(eval_step)),
-                       in_shardings=(replicated, replicated, per_step_rows, per_step_rows,
-                                     None),
-                       out_shardings=replicated)
+                   in_shardings=(replicated, replicated, per_step_rows, per_step_rows, None),
+                   out_shardings=replicated)
     train_batch = jit(step, in_shardings=(replicated, rows, rows, replicated),
-                          out_shardings=(replicated, replicated), donate_argnums=donate)
+                      out_shardings=(replicated, replicated), donate_argnums=donate)
     return Runner(kind="mesh", model=model, devices=tuple(devices),
                   put_state=lambda state: jax.device_put(state, replicated),
                   get_state=_host,
@@ -239,5 +238,5 @@ def _mesh_runner(model, devices, step, eval_step) -> Runner:
                   put_indices=lambda indices: jax.device_put(indices, per_step_rows),
                   train=train, eval=evaluate, train_batch=train_batch,
                   eval_batch=jit(eval_step, in_shardings=(replicated, rows, rows, rows),
-                                     out_shardings=replicated),
+                                 out_shardings=replicated),
                   batch_sharding=rows)
