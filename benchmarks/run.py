@@ -27,6 +27,8 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from benchmarks.sizes import settings  # noqa: E402
+
 SECTIONS = ("stats", "scaling", "train", "augment", "pipeline")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -71,24 +73,6 @@ def run_metadata(source: str, quick: bool) -> dict:
         "method": "warm-up excluded; jax.block_until_ready before each clock read; median "
                   "and spread ((max-min)/median) over repeats; several input buffers rotated",
     }
-
-
-def settings(quick: bool) -> dict:
-    """Sizes per section: the full run fits in 10 minutes on 2 CPU cores, quick in 2."""
-    if quick:
-        return {"stats": {"repeats": 3, "modes": ("standardize",)},
-                "scaling": {"batch_size": 2048, "buffers": 4, "repeats": 3,
-                            "keras_batches": 2},
-                "train": {"steps": 5, "warmup": 1, "modes": ("none", "standardize")},
-                "augment": {"buffers": 2, "repeats": 3, "flow_batches": 3, "keras_batches": 2,
-                            "fused_batch_sizes": (64,), "fused_rounds": 3},
-                "pipeline": {"repeats": 2}}
-    return {"stats": {"repeats": 5},
-            "scaling": {"batch_size": 4096, "buffers": 8, "repeats": 5, "keras_batches": 4},
-            "train": {"steps": 20, "warmup": 3},
-            "augment": {"buffers": 8, "repeats": 5, "flow_batches": 12, "keras_batches": 6,
-                        "fused_batch_sizes": (64, 512), "fused_rounds": 10},
-            "pipeline": {"repeats": 5}}
 
 
 def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:

@@ -171,7 +171,8 @@ def step_compiler_options(devices) -> dict[str, str]:
 def _accepted_options() -> tuple[tuple[str, str], ...]:
     """The options if this jaxlib's CPU compiler accepts them, else () (checked once)."""
     options = {YNN_FUSION_OPTION: YNN_WITHOUT_CONVOLUTIONS}
-    probe = jax.device_put(np.zeros((1, 3, 3, 1), np.float32), jax.devices("cpu")[0])
+    probe = jax.device_put(np.zeros((1, 3, 3, 1), np.float32),
+                           jax.local_devices(backend="cpu")[0])
     try:
         jax.jit(_probe_convolution, compiler_options=options).lower(probe).compile()
     except Exception:  # noqa: BLE001 - an unknown option or enum value: keep XLA's defaults

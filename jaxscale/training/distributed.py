@@ -224,7 +224,8 @@ def global_dataset_stats(local_images, *, scope: Scope = "channel",
 
 
 def global_scaling_params(config: ScalingConfig, local_images, *,
-                          batch_size: int | None = None) -> ScalingParams:
+                          batch_size: int | None = None, progress: bool = False
+                          ) -> ScalingParams:
     """`fit_scaling` over the union of every process's images, the same on every process.
 
     Each process fits its own images (statistics of the images as `scale` sees them before
@@ -232,8 +233,10 @@ def global_scaling_params(config: ScalingConfig, local_images, *,
 
     Args:
       config: the scaling config; modes without featurewise steps need no fit.
-      local_images: uint8 or float[N_local, H, W, C] (or channels_first), N_local >= 1.
+      local_images: uint8 or float[N_local, H, W, C] (or channels_first), N_local >= 1, or an
+        iterable of such batches.
       batch_size: images per local device step; None: `statistics.auto_batch_size`.
+      progress: show a progress bar.
 
     Returns:
       ScalingParams (mean/std of all hosts' images; all None when the config needs no fit).
@@ -247,7 +250,7 @@ def global_scaling_params(config: ScalingConfig, local_images, *,
     if config.zca_whitening and jax.process_count() > 1:
         raise ValueError("zca_whitening is not fitted across processes: fit it on one host "
                          "(fit_scaling + save_scaling) and load_scaling it on every host")
-    local = fit_scaling(config, local_images, batch_size=batch_size)
+    local = fit_scaling(config, local_images, batch_size=batch_size, progress=progress)
     if jax.process_count() == 1:
         return local
     stats = merge_stats_across_hosts(local.stats)

@@ -1,7 +1,9 @@
 """Flax image classifiers, registered by name.
 
-Both models take float32[N, H, W, C] (channels_last, already scaled) and return float32
+Every model takes float32[N, H, W, C] (channels_last, already scaled) and returns float32
 logits [N, num_classes]. `train` switches dropout on and BatchNorm to batch statistics.
+`dtype` is the compute dtype of convolutions and dense layers (bfloat16 on accelerators);
+parameters, BatchNorm and the logits stay float32.
 
 Register a new model with `register_model("name")` on a function
 `(num_classes, **kwargs) -> flax.linen.Module`; `get_model(name, num_classes)` builds it.
@@ -9,7 +11,7 @@ Register a new model with `register_model("name")` on a function
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -29,21 +31,23 @@ class SmallCNN(nn.Module):
 
     Attributes:
       num_classes: logits per image.
+      dtype: compute dtype of the layers.
     """
 
     num_classes: int = 10
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         del train  # no dropout or BatchNorm
-        init = KERAS_KERNEL_INIT
-        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", kernel_init=init)(x))
+        layer = dict(kernel_init=KERAS_KERNEL_INIT, dtype=self.dtype)
+        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", **layer)(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.relu(nn.Conv(64, (3, 3), padding="VALID", kernel_init=init)(x))
+        x = nn.relu(nn.Conv(64, (3, 3), padding="VALID", **layer)(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(64, kernel_init=init)(x))
-        return nn.Dense(self.num_classes, kernel_init=init)(x)
+        x = nn.relu(nn.Dense(64, **layer)(x))
+        return nn.Dense(self.num_classes, **layer)(x).astype(jnp.float32)
 
 
 class BNCNN(nn.Module):
@@ -59,28 +63,33 @@ class BNCNN(nn.Module):
       axis_name: the pmap axis over which BatchNorm averages its batch statistics, so every
         device normalises with the statistics of the whole global batch; None when the whole
         batch is one array (single device, or jit over a mesh).
+      dtype: compute dtype of the convolutions and dense layers.
     """
 
     num_classes: int = 10
     dropout_rate: float = 0.2
     axis_name: str | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         def bn(y):
             return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                                epsilon=BN_EPSILON, axis_name=self.axis_name)(y)
+                                epsilon=BN_EPSILON, axis_name=self.axis_name,
+                                dtype=self.dtype)(y)
 
         for features in (32, 32):
-            x = nn.relu(bn(nn.Conv(features, (3, 3), padding="VALID", use_bias=False)(x)))
+            x = nn.relu(bn(nn.Conv(features, (3, 3), padding="VALID", use_bias=False,
+                                   dtype=self.dtype)(x)))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         for features in (64, 64):
-            x = nn.relu(bn(nn.Conv(features, (3, 3), padding="VALID", use_bias=False)(x)))
+            x = nn.relu(bn(nn.Conv(features, (3, 3), padding="VALID", use_bias=False,
+                                   dtype=self.dtype)(x)))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(bn(nn.Dense(512, use_bias=False)(x)))
+        x = nn.relu(bn(nn.Dense(512, use_bias=False, dtype=self.dtype)(x)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -114,7 +123,8 @@ def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     Args:
       name: a key of `MODELS` ("small_cnn", "bn_cnn").
       num_classes: logits per image.
-      **kwargs: model options: `axis_name` (pmap axis for BatchNorm), `dropout_rate`;
+      **kwargs: model options: `axis_name` (pmap axis for BatchNorm), `dropout_rate`,
+        `dtype` (compute dtype);
         an option given as None keeps the model's default (it is not passed to the builder),
         and models without an option ignore it.
 
