@@ -1,44 +1,51 @@
 """`ImageDataGenerator`: Keras' constructor keywords and methods, computed with JAX on device.
 
-For users coming from Keras: the same knobs with the same meaning, `fit` / `standardize` /
-`flow`, but statistics are computed on device in one streaming pass and every batch is
-gathered and scaled by one compiled function from a device-resident copy of the data.
+For users coming from Keras: change the import (`from jaxscale import ImageDataGenerator`) and
+keep the code: the same knobs with the same meaning, `fit` / `standardize` / `flow` /
+`flow_from_directory` / `flow_from_dataframe`, and iterators that `model.fit` takes. Statistics
+are computed on device in one streaming pass; batches are gathered (or decoded from files on
+the host), augmented and scaled on the device, several per compiled call
+(`jaxscale.generator.iterators`). Keras' module-level functions are in
+`jaxscale.generator.functions`.
 
-Differences from Keras 3's `keras.src.legacy.preprocessing.image.ImageDataGenerator`:
-
-- `fit` computes featurewise statistics after `preprocessing_function` and the samplewise
-  steps, the same steps `standardize` applies before the featurewise ones, so fitted data comes
-  out centred (Keras skips them in `fit`).
-- `standardize` on a rank-4 array treats it as a batch and applies the samplewise steps per
-  image; Keras computes one mean over the whole array. A rank-3 array is one image, as in Keras.
-- `standardize` returns a new array instead of modifying its argument in place.
-- A featurewise mode used before `fit` raises `ValueError` (Keras warns and skips the step).
-- `flow` yields JAX arrays on the default device; images stay on device in their own dtype
-  (uint8 stays uint8: 4x less memory than Keras' float32 copy).
-- Augmentation (`jaxscale.augmentation`) runs on device inside the same compiled gather as
-  the scaling, with a per-batch key folded from the flow's seed, epoch and batch index.
-  `flow(subset="validation")` batches are never augmented (Keras augments them too).
-  See `jaxscale.augmentation` for the transform conventions and their deviations from Keras
-  (height/width shift axes, centre of non-square images, brightness without 8-bit rounding).
-- `fit(augment=True)` augments the raw images and then applies the scaling steps, the order
-  `flow` uses (Keras' fit rescales first, then augments).
-- Random draws come from `jax.random`, not NumPy's global state: a seed gives reproducible
-  results, but not Keras' numbers.
+Every difference from Keras 3's `keras.src.legacy.preprocessing.image` is listed, with the
+test that pins it, in docs/keras.md. The main ones: featurewise modes raise before `fit`
+(Keras warns and skips them); `fit` applies the steps `standardize` applies before the
+featurewise ones; `standardize` of a batch is per image and returns a new array; batches are
+jax.Arrays, images stay in their dtype on device; validation subsets are not augmented; random
+draws come from `jax.random` (seeded from NumPy's global generator when `seed` is None, as
+Keras draws from it), so a seed reproduces our numbers, not Keras'.
 """
 
 from __future__ import annotations
 
-import functools
-import math
+import os
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxscale import augmentation, scaling, statistics
-from jaxscale.augmentation import AugmentConfig
+from jaxscale.generator.iterators import (
+    DataFrameIterator,
+    DirectoryIterator,
+    FlowIterator,
+    Iterator,
+    NumpyArrayIterator,
+    keras_iterator_class,
+    resolve_seed,
+)
 from jaxscale.scaling import ScalingConfig, ScalingParams
 from jaxscale.validation import channel_axis, check_images
+
+__all__ = ["DataFrameIterator", "DirectoryIterator", "FlowIterator", "ImageDataGenerator",
+           "Iterator", "NumpyArrayIterator"]
+
+# dtype -> (ScalingConfig dtype, cast on device, cast on the host)
+_DTYPES = {"float32": ("float32", None, None), "bfloat16": ("bfloat16", None, None),
+           "float16": ("float32", "float16", None), "float64": ("float32", None, "float64")}
+
 
 class ImageDataGenerator:
     """Keras' ImageDataGenerator, backed by `jaxscale.scaling` on device.
@@ -49,8 +56,9 @@ class ImageDataGenerator:
       preprocessing_function, data_format: as in Keras (see `ScalingConfig`);
         data_format None means "channels_last".
       validation_split: fraction of the data `flow(subset="validation")` yields, taken from
-        the start of the array as Keras does.
-      dtype: output dtype, "float32" (default) or "bfloat16".
+        the start of the array (of each class folder for `flow_from_directory`) as Keras does.
+      dtype: output dtype: "float32" (default), "bfloat16", "float16" (cast on device), or
+        "float64" (computed in float32, cast on the host: batches are then NumPy arrays).
       statistics_scope: featurewise statistics per "channel" (Keras), "pixel" or "global".
       rotation_range, width_shift_range, height_shift_range, shear_range, zoom_range,
       horizontal_flip, vertical_flip, brightness_range, channel_shift_range, fill_mode, cval,
@@ -69,6 +77,10 @@ class ImageDataGenerator:
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(
                 f"validation_split must be in [0, 1), got {validation_split}")
+        dtype = np.dtype(dtype).name if dtype not in (None, "bfloat16") else dtype
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.dtype = dtype or "float32"
         self.config = ScalingConfig(
             rescale=rescale, samplewise_center=samplewise_center,
             samplewise_std_normalization=samplewise_std_normalization,
@@ -78,11 +90,24 @@ class ImageDataGenerator:
             preprocessing_function=preprocessing_function,
             statistics_scope=statistics_scope,
             data_format=data_format or "channels_last",
-            dtype=dtype or "float32")
+            dtype=_DTYPES[self.dtype][0])
         self.augment_config = augmentation.augment_config(
             data_format=self.config.data_format, **augment_kwargs)
         self.validation_split = validation_split
         self.params: ScalingParams | None = None if self.config.needs_fit else ScalingParams()
+
+    # Keras' attribute names, for code that reads them.
+    @property
+    def _validation_split(self) -> float:
+        return self.validation_split
+
+    def __getattr__(self, name):
+        # featurewise_center, rescale, rotation_range, ...: read from the two configs.
+        for config in ("config", "augment_config"):
+            holder = self.__dict__.get(config)
+            if holder is not None and hasattr(holder, name) and not name.startswith("_"):
+                return getattr(holder, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # Keras-shaped views of the fitted numbers, for code that reads them.
     @property
@@ -210,43 +235,181 @@ class ImageDataGenerator:
         out = scaling.scale_jit(batch, self.config, self.params)
         return out[0] if single else out
 
-    def flow(self, x, y=None, batch_size: int = 32, shuffle: bool = True,
-             sample_weight=None, seed: int | None = None, subset: str | None = None
-             ) -> "FlowIterator":
-        """An endless iterator of scaled batches (x, y[, sample_weight]), as Keras' flow.
-
-        `len()` is the number of batches per epoch; the order is reshuffled every epoch from
-        `seed`; the last batch of an epoch is smaller when N is not a multiple of batch_size.
-        """
+    def _iterator_options(self, subset: str | None) -> dict:
+        """What every iterator gets from the generator; validation data is not augmented."""
         self._require_fit()
-        check_images(x, self.config.data_format, name="x")
-        n = x.shape[0]
-        for name, other in (("y", y), ("sample_weight", sample_weight)):
-            if other is not None and len(other) != n:
-                raise ValueError(f"x and {name} must have the same length: "
-                                 f"{n} != {len(other)}")
-        if subset is not None:
-            if subset not in ("training", "validation"):
-                raise ValueError(f"subset must be 'training' or 'validation', got {subset!r}")
-            if not self.validation_split:
-                raise ValueError("subset needs validation_split > 0 in the constructor")
-            split = int(n * self.validation_split)
-            part = slice(0, split) if subset == "validation" else slice(split, n)
-            x = x[part]
-            y = None if y is None else y[part]
-            sample_weight = None if sample_weight is None else sample_weight[part]
-        # Evaluation data is never augmented.
         augment_config = None if (subset == "validation"
                                   or self.augment_config.is_identity) else self.augment_config
-        return FlowIterator(x, y, sample_weight, config=self.config, params=self.params,
-                            batch_size=batch_size, shuffle=shuffle, seed=seed,
-                            augment_config=augment_config)
+        _, device_dtype, host_dtype = _DTYPES[self.dtype]
+        return {"config": self.config, "params": self.params, "augment_config": augment_config,
+                "out_dtype": device_dtype, "host_dtype": host_dtype}
+
+    def _split(self, subset: str | None) -> tuple[float, float] | None:
+        if subset is None:
+            return None
+        if subset not in ("training", "validation"):
+            raise ValueError(f'Invalid subset name: {subset}; expected "training" or '
+                             '"validation".')
+        if not self.validation_split:
+            raise ValueError(f"subset={subset!r} needs validation_split > 0 in the "
+                             "ImageDataGenerator constructor")
+        return ((0.0, self.validation_split) if subset == "validation"
+                else (self.validation_split, 1.0))
+
+    def flow(self, x, y=None, batch_size: int = 32, shuffle: bool = True,
+             sample_weight=None, seed: int | None = None, save_to_dir=None,
+             save_prefix: str = "", save_format: str = "png",
+             ignore_class_split: bool = False, subset: str | None = None
+             ) -> NumpyArrayIterator:
+        """Batches of x (and y, sample_weight), augmented and scaled, as Keras' flow.
+
+        Args:
+          x: images uint8 or float[N, H, W, C] (or channels_first), NumPy or JAX; or a tuple
+            (images, extra) where extra is an array or a list of arrays of N rows, passed
+            through: batches then have x = [images, *extras].
+          y: targets, any array of N rows (numeric ones live on the device).
+          batch_size, shuffle, seed: as Keras; seed None draws one from NumPy's generator.
+          sample_weight: float[N], yielded third (only with y, as Keras).
+          save_to_dir, save_prefix, save_format: save every image handed out, as Keras.
+          ignore_class_split: skip the check that the training and validation subsets hold
+            the same classes.
+          subset: "training" or "validation" (needs validation_split): the end or the
+            start of the arrays.
+
+        Returns:
+          A `NumpyArrayIterator` (a `keras.utils.PyDataset` when Keras is imported):
+          `len()` batches per epoch, the last one smaller when batch_size does not divide N.
+        """
+        x_misc = []
+        if isinstance(x, (tuple, list)):
+            x, extra = x[0], x[1]
+            x_misc = [np.asarray(extra)] if not isinstance(extra, list) else [
+                np.asarray(e) for e in extra]
+            for misc in x_misc:
+                if len(x) != len(misc):
+                    raise ValueError("All of the arrays in `x` should have the same length. "
+                                     f"Found a pair with: len(x[0]) = {len(x)}, "
+                                     f"len(x[?]) = {len(misc)}")
+        if y is not None and len(x) != len(y):
+            raise ValueError("`x` (images tensor) and `y` (labels) should have the same "
+                             f"length. Found: x.shape = {tuple(np.shape(x))}, "
+                             f"y.shape = {tuple(np.shape(y))}")
+        if sample_weight is not None and len(x) != len(sample_weight):
+            raise ValueError("`x` (images tensor) and `sample_weight` should have the same "
+                             f"length. Found: x.shape = {tuple(np.shape(x))}, "
+                             f"sample_weight.shape = {tuple(np.shape(sample_weight))}")
+        split = self._split(subset)
+        options = self._iterator_options(subset)
+        check_images(x, self.config.data_format, name="x")
+        if split is not None:
+            n = len(x)
+            cut = int(n * self.validation_split)
+            if (y is not None and not ignore_class_split and not np.array_equal(
+                    np.unique(np.asarray(y[:cut])), np.unique(np.asarray(y[cut:])))):
+                raise ValueError("Training and validation subsets have different number of "
+                                 "classes after the split. If your numpy arrays are sorted by "
+                                 "the label, you might want to shuffle them.")
+            part = slice(0, cut) if subset == "validation" else slice(cut, n)
+            x = x[part]
+            x_misc = [m[part] for m in x_misc]
+            y = None if y is None else y[part]
+            sample_weight = None if sample_weight is None else sample_weight[part]
+        if save_to_dir:
+            os.makedirs(save_to_dir, exist_ok=True)
+        return keras_iterator_class(NumpyArrayIterator)(
+            x, y, batch_size=batch_size, shuffle=shuffle, sample_weight=sample_weight,
+            seed=seed, x_misc=x_misc, save_to_dir=save_to_dir, save_prefix=save_prefix,
+            save_format=save_format, **options)
+
+    def flow_from_directory(self, directory, target_size=(256, 256), color_mode="rgb",
+                            classes=None, class_mode="categorical", batch_size=32,
+                            shuffle=True, seed=None, save_to_dir=None, save_prefix="",
+                            save_format="png", follow_links=False, subset=None,
+                            interpolation="nearest", keep_aspect_ratio=False, *,
+                            workers: int | None = None) -> DirectoryIterator:
+        """Batches of the image files in `directory`, one subfolder per class, as Keras'.
+
+        Files are listed in Keras' order and decoded and resized on the host with Pillow as
+        Keras does (`jaxscale.data.image_files`, `workers` threads), then augmented and
+        scaled on the device. Keras' arguments, same meaning: target_size (height, width),
+        color_mode "grayscale" / "rgb" / "rgba", classes (subfolders, in index order),
+        class_mode "categorical" (one-hot) / "binary" / "sparse" (float32 indices) /
+        "input" (x as target) / None (x only), follow_links, subset (validation_split of
+        each class folder), interpolation, keep_aspect_ratio, save_*.
+
+        Returns:
+          A `DirectoryIterator` with Keras' attributes (filenames, classes, class_indices,
+          ...).
+        """
+        split = self._split(subset)
+        options = self._iterator_options(subset)
+        if save_to_dir:
+            os.makedirs(save_to_dir, exist_ok=True)
+        return keras_iterator_class(DirectoryIterator)(
+            directory, target_size=target_size, color_mode=color_mode, classes=classes,
+            class_mode=class_mode, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            save_to_dir=save_to_dir, save_prefix=save_prefix, save_format=save_format,
+            follow_links=follow_links, split=split, subset=subset,
+            interpolation=interpolation, keep_aspect_ratio=keep_aspect_ratio,
+            label_dtype=self._label_dtype, workers=workers, **options)
+
+    def flow_from_dataframe(self, dataframe, directory=None, x_col="filename", y_col="class",
+                            weight_col=None, target_size=(256, 256), color_mode="rgb",
+                            classes=None, class_mode="categorical", batch_size=32,
+                            shuffle=True, seed=None, save_to_dir=None, save_prefix="",
+                            save_format="png", subset=None, interpolation="nearest",
+                            validate_filenames=True, keep_aspect_ratio=False, *,
+                            workers: int | None = None, **kwargs) -> DataFrameIterator:
+        """Batches of the image files named in `dataframe[x_col]`, as Keras' method.
+
+        Keras' arguments, same meaning: directory (joined to each name; None: names are
+        paths), y_col (a column, or a list of columns for "multi_output" / "raw"), weight_col,
+        class_mode "categorical" / "binary" / "sparse" / "input" / "multi_output" / "raw" /
+        None, classes, validate_filenames (drop names that are not image files, with a
+        warning), and those of `flow_from_directory`. Keras' deprecated keywords (has_ext,
+        sort, drop_duplicates, class_mode="other") warn as in Keras.
+
+        Returns:
+          A `DataFrameIterator` with Keras' attributes.
+        """
+        for name, message in (("has_ext", "has_ext is deprecated, filenames in the dataframe "
+                                          "have to match the exact filenames in disk."),
+                              ("sort", "sort is deprecated, batches will be created in the"
+                                       "same order than the filenames provided if `shuffle`"
+                                       "is set to `False`."),
+                              ("drop_duplicates", "drop_duplicates is deprecated, you can "
+                                                  "drop duplicates by using the "
+                                                  "pandas.DataFrame.drop_duplicates method.")):
+            if kwargs.pop(name, None) is not None:
+                warnings.warn(message, DeprecationWarning, stacklevel=2)
+        if kwargs:
+            raise TypeError(f"flow_from_dataframe got unexpected keyword(s) {sorted(kwargs)}")
+        if class_mode == "other":
+            warnings.warn('`class_mode="other"` is deprecated, please use `class_mode="raw"`.',
+                          DeprecationWarning, stacklevel=2)
+            class_mode = "raw"
+        split = self._split(subset)
+        options = self._iterator_options(subset)
+        if save_to_dir:
+            os.makedirs(save_to_dir, exist_ok=True)
+        return keras_iterator_class(DataFrameIterator)(
+            dataframe, directory, x_col=x_col, y_col=y_col, weight_col=weight_col,
+            target_size=target_size, color_mode=color_mode, classes=classes,
+            class_mode=class_mode, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            save_to_dir=save_to_dir, save_prefix=save_prefix, save_format=save_format,
+            split=split, subset=subset, interpolation=interpolation,
+            keep_aspect_ratio=keep_aspect_ratio, validate_filenames=validate_filenames,
+            label_dtype=self._label_dtype, workers=workers, **options)
+
+    @property
+    def _label_dtype(self) -> str:
+        """Keras builds file iterators' labels in the generator's dtype; float32 here for
+        bfloat16 and float64 (labels stay on the device, which has no float64)."""
+        return "float16" if self.dtype == "float16" else "float32"
 
 
 def _key_from_seed(seed: int | None) -> jax.Array:
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1)[0])
-    return jax.random.PRNGKey(seed)
+    return jax.random.PRNGKey(resolve_seed(seed))
 
 
 def _check_single_image(x, data_format: str) -> None:
@@ -255,79 +418,3 @@ def _check_single_image(x, data_format: str) -> None:
                          f"{tuple(np.shape(x))}")
     check_images(np.asarray(x)[None] if not isinstance(x, jax.Array) else x[None],
                  data_format, name="x")
-
-
-@functools.partial(jax.jit, static_argnames=("size", "config", "augment_config"))
-def _gather_and_scale(images, extras, order, start, params, key, epoch, *, size: int,
-                      config: ScalingConfig, augment_config: AugmentConfig | None = None):
-    """Rows order[start:start+size] of images (augmented, then scaled, as Keras) and of every
-    array in extras. The augmentation key is folded from key, epoch and start on device."""
-    rows = jax.lax.dynamic_slice_in_dim(order, start, size)
-    batch = jnp.take(images, rows, axis=0)
-    if augment_config is not None:
-        batch_key = jax.random.fold_in(jax.random.fold_in(key, epoch), start)
-        batch = augmentation.augment(batch_key, batch, augment_config)
-    batch = scaling.scale(batch, config, params)
-    return batch, tuple(jnp.take(e, rows, axis=0) for e in extras)
-
-
-@functools.partial(jax.jit, static_argnames=("n", "shuffle"))
-def _epoch_order(key, epoch, *, n: int, shuffle: bool):
-    if not shuffle:
-        return jnp.arange(n, dtype=jnp.int32)
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(jnp.int32)
-
-
-class FlowIterator:
-    """Iterator over scaled batches of a device-resident array (see `ImageDataGenerator.flow`).
-
-    One compiled function gathers, augments (training data only) and scales a batch; it
-    compiles once for the full batch shape and once more for the last, smaller batch of an
-    epoch, never per batch.
-    """
-
-    def __init__(self, x, y, sample_weight, *, config: ScalingConfig,
-                 params: ScalingParams, batch_size: int, shuffle: bool, seed: int | None,
-                 augment_config: AugmentConfig | None = None):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.images = jnp.asarray(x)
-        self.extras = tuple(jnp.asarray(a) for a in (y, sample_weight) if a is not None)
-        self.n = int(self.images.shape[0])
-        if self.n == 0:
-            raise ValueError("flow got no images")
-        self.config, self.params = config, params
-        self.batch_size, self.shuffle = batch_size, shuffle
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
-        self.key = jax.random.PRNGKey(seed)
-        self.augment_config = augment_config
-        # Its own stream, so turning augmentation on does not change the shuffle order.
-        self.augment_key = jax.random.fold_in(self.key, 1)
-        self.epoch, self.batch_index = 0, 0
-        self._order = None
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
-
-    def __iter__(self):
-        return self
-
-    def reset(self) -> None:
-        """Starts the next batch at the beginning of a new epoch."""
-        self.batch_index = 0
-        self._order = None
-
-    def __next__(self):
-        if self._order is None:
-            self._order = _epoch_order(self.key, self.epoch, n=self.n, shuffle=self.shuffle)
-        start = self.batch_index * self.batch_size
-        size = min(self.batch_size, self.n - start)
-        batch, extras = _gather_and_scale(
-            self.images, self.extras, self._order, start, self.params, self.augment_key,
-            self.epoch, size=size, config=self.config, augment_config=self.augment_config)
-        self.batch_index += 1
-        if self.batch_index >= len(self):
-            self.batch_index, self._order = 0, None
-            self.epoch += 1
-        return (batch, *extras) if extras else batch
