@@ -34,6 +34,7 @@ from jaxscale.data.datasets import (
     synthetic_dataset,
 )
 from jaxscale.generator import ImageDataGenerator
+from jaxscale.data.image_files import ImageFileReader, load_image_folder
 from jaxscale.cpu import tune_host_allocator
 from jaxscale.data.pipeline import (
     ArrayReader,

@@ -55,7 +55,7 @@ def check_image_options(target_size, color_mode: str, interpolation: str) -> tup
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"Invalid interpolation method {interpolation} specified. Supported "
                          f"methods are {', '.join(INTERPOLATIONS)}")
-    size = tuple(target_size) if target_size is not None else ()
+    size = tuple(target_size) if isinstance(target_size, (tuple, list)) else ()
     if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
         raise ValueError(f"target_size must be (height, width) of positive ints, got "
                          f"{target_size!r}")

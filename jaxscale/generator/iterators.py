@@ -603,6 +603,7 @@ class DirectoryIterator(_FileIterator):
                  host_dtype: str | None = None, label_dtype: str = "float32",
                  workers: int | None = None):
         _check_class_mode(class_mode, self.allowed_class_modes)
+        check_image_options(target_size, color_mode, interpolation)
         self.directory, self.class_mode, self.split, self.subset = (directory, class_mode,
                                                                     split, subset)
         listing = list_directory(directory, classes=classes, follow_links=follow_links,
@@ -664,6 +665,7 @@ class DataFrameIterator(_FileIterator):
                  augment_config: AugmentConfig | None = None, out_dtype: str | None = None,
                  host_dtype: str | None = None, label_dtype: str = "float32",
                  workers: int | None = None):
+        check_image_options(target_size, color_mode, interpolation)
         df = dataframe.copy()
         self.directory = directory or ""
         self.class_mode, self.split, self.subset = class_mode, split, subset
@@ -764,7 +766,7 @@ class DataFrameIterator(_FileIterator):
         invalid = int((~valid).sum())
         if invalid:
             warnings.warn(f'Found {invalid} invalid image filename(s) in x_col="{x_col}". '
-                          "These filename(s) will be ignored.", stacklevel=3)
+                          "These filename(s) will be ignored.", stacklevel=4)
         return df[valid]
 
     @property
