@@ -328,3 +328,18 @@ def test_keras_recipe_refuses_what_it_cannot_run(kwargs, message):
     with pytest.raises(ValueError, match=message):
         keras_peer.keras_tutorial_accuracy("normalize", images, labels, images, labels,
                                            seed=0, **kwargs)
+
+
+def test_flow_rows_time_the_public_flows_against_keras():
+    pytest.importorskip("keras")
+    from benchmarks import bench_flow
+    images = tiny_images(n=130)
+    labels = np.arange(130, dtype=np.int32) % 3
+    rows = bench_flow.run(images, labels, modes=("normalize", "zca"), repeats=2, batches=3,
+                          keras_batches=1, files=130, file_batches=2, keras_file_batches=1)
+    assert [r["name"] for r in rows] == ["flow/normalize", "flow/zca", "flow_from_directory"]
+    assert [r["bar"] for r in rows] == [20.0, 5.0, 3.0]
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["keras_images_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["images_per_s"] / row["keras_images_per_s"])
+        assert isinstance(row["meets_bar"], bool) and len(row["seconds_repeats"]) == 2
