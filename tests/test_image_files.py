@@ -172,7 +172,7 @@ def test_directory_flows_are_shuffled_augmented_and_fit_a_keras_model(png_folder
     import keras
     gen = jaxscale.ImageDataGenerator(rescale=1 / 255, rotation_range=10, zoom_range=0.1)
     flow = gen.flow_from_directory(png_folder, target_size=(28, 28), color_mode="grayscale",
-                                   class_mode="sparse", batch_size=4, seed=3)
+                                   class_mode="sparse", batch_size=4, seed=3, decode_workers=2)
     assert isinstance(flow, keras.utils.PyDataset)
     epoch = np.concatenate([np.asarray(flow[i][1]) for i in range(len(flow))])
     np.testing.assert_array_equal(np.sort(epoch), np.sort(flow.classes.astype(np.float32)))
@@ -332,3 +332,20 @@ def test_load_image_folder_validation_split_is_per_class(png_folder):
     assert not set(train.filenames) & set(val.filenames)
     with pytest.raises(ValueError, match="subset"):
         jaxscale.load_image_folder(png_folder, validation_split=0.25)
+
+
+def test_decoding_processes_report_a_broken_file_and_keep_working(tmp_path, png_folder):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    good = sorted(png_folder.rglob("*.png"))[:3]
+    reader = image_files.ImageFileReader([*good, broken], target_size=(28, 28),
+                                         color_mode="grayscale", workers=2)
+    try:
+        with pytest.raises(ValueError, match="decoding an image failed"):
+            reader.read_images(np.arange(4))
+        np.testing.assert_array_equal(reader.read_images(np.arange(3)),
+                                      image_files.ImageFileReader(
+                                          good, target_size=(28, 28), color_mode="grayscale",
+                                          workers=1).read_images(np.arange(3)))
+    finally:
+        reader.close()

@@ -3,11 +3,12 @@
 The listing is Keras' (`flow_from_directory`): one class per subfolder, sorted by name (or the
 `classes` given, in their order), files sorted within each (`os.walk`, subfolders included),
 extensions `WHITE_LIST_FORMATS`, and a validation split taken per class folder. Images are read
-as Keras' `load_img` reads them: Pillow decodes, converts to the color mode ("grayscale" keeps
-8/16/32-bit grayscale, see below; "rgb"; "rgba") and resizes to `target_size` with Pillow's
-filter of that name, after a centre crop to the target's aspect ratio with
-`keep_aspect_ratio`. So the pixels are Keras' pixels. Pillow releases the GIL while it decodes
-and resizes, so `ImageFileReader` decodes the files of a batch in a thread pool.
+as Keras' `load_img` reads them (`load_image`): Pillow decodes, converts to the color mode
+("grayscale", "rgb", "rgba") and resizes to `target_size` with Pillow's filter of that name,
+after a centre crop to the target's aspect ratio with `keep_aspect_ratio`. So the pixels are
+Keras' pixels. Decoding small files is mostly Python work inside Pillow, which threads cannot
+run in parallel, so `ImageFileReader` splits a batch over `workers` decoding processes: plain
+interpreters running `_pil_decode.py` (NumPy and Pillow only), fed file names over a pipe.
 
 Images come out as uint8[N, H, W, C] (channels_last): scaling and augmentation run on the
 device. One difference from Keras: 16- and 32-bit grayscale images (Pillow modes "I;16",
@@ -21,30 +22,26 @@ device-resident path, like Keras' `image_dataset_from_directory`; `ImageFileRead
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
+import pickle
+import subprocess
+import sys
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from jaxscale.data import _pil_decode
+from jaxscale.data._pil_decode import load_image
 from jaxscale.data.datasets import Dataset
 
 WHITE_LIST_FORMATS = ("png", "jpg", "jpeg", "bmp", "ppm", "tif", "tiff")
 COLOR_MODES = {"grayscale": 1, "rgb": 3, "rgba": 4}
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
-
-
-def _pil():
-    try:
-        from PIL import Image
-    except ImportError as error:  # pragma: no cover - Pillow ships with the extras
-        raise ImportError("reading image files needs Pillow: pip install 'jaxscale[images]'"
-                          ) from error
-    return Image
 
 
 def check_image_options(target_size, color_mode: str, interpolation: str) -> tuple[int, int]:
@@ -60,59 +57,6 @@ def check_image_options(target_size, color_mode: str, interpolation: str) -> tup
         raise ValueError(f"target_size must be (height, width) of positive ints, got "
                          f"{target_size!r}")
     return int(size[0]), int(size[1])
-
-
-def load_image(path, *, color_mode: str = "rgb", target_size: tuple[int, int] | None = None,
-               interpolation: str = "nearest", keep_aspect_ratio: bool = False) -> np.ndarray:
-    """One image file as Keras' `load_img` + `img_to_array` read it, but uint8.
-
-    Args:
-      path: the file.
-      color_mode: "grayscale", "rgb" or "rgba".
-      target_size: (height, width) to resize to, or None to keep the file's size.
-      interpolation: Pillow's filter for resizing, by Keras' name.
-      keep_aspect_ratio: crop the centre to the target's aspect ratio before resizing.
-
-    Returns:
-      uint8[H, W, C], C = 1, 3 or 4 by color mode.
-    """
-    Image = _pil()
-    with Image.open(path) as img:
-        if color_mode == "grayscale":
-            if img.mode not in ("L", "I;16", "I"):
-                img = img.convert("L")
-        elif color_mode == "rgba":
-            if img.mode != "RGBA":
-                img = img.convert("RGBA")
-        elif color_mode == "rgb":
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-        else:
-            raise ValueError('color_mode must be "grayscale", "rgb", or "rgba"')
-        if target_size is not None:
-            width_height = (int(target_size[1]), int(target_size[0]))
-            if img.size != width_height:
-                img = _resize(img, width_height, interpolation, keep_aspect_ratio)
-        array = np.asarray(img)
-    if array.dtype != np.uint8:  # 16/32-bit grayscale (documented difference)
-        array = (array >> 8 if array.dtype == np.uint16 else np.clip(array, 0, 255)).astype(
-            np.uint8)
-    return array[..., None] if array.ndim == 2 else array
-
-
-def _resize(img, width_height: tuple[int, int], interpolation: str, keep_aspect_ratio: bool):
-    Image = _pil()
-    resample = getattr(Image.Resampling, interpolation.upper())
-    if not keep_aspect_ratio:
-        return img.resize(width_height, resample)
-    # Keras' centre crop to the target aspect ratio (integer arithmetic as in load_img).
-    width, height = img.size
-    target_width, target_height = width_height
-    crop_height = min(height, (width * target_height) // target_width)
-    crop_width = min(width, (height * target_width) // target_height)
-    top, left = (height - crop_height) // 2, (width - crop_width) // 2
-    return img.resize(width_height, resample,
-                      box=(left, top, left + crop_width, top + crop_height))
 
 
 def _valid_files(directory: str, formats: tuple[str, ...], follow_links: bool):
@@ -179,12 +123,60 @@ def list_directory(directory, *, classes: Sequence[str] | None = None,
 
 
 def default_workers() -> int:
-    """Decoding threads: the CPUs this process may use (at least 1, at most 16)."""
+    """Decoding processes: the CPUs this process may use (at least 1, at most 16)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
     return max(1, min(16, cpus))
+
+
+class _DecodeWorkers:
+    """Worker processes running `_pil_decode.serve`, one request in flight per worker."""
+
+    def __init__(self, count: int):
+        script = os.path.abspath(_pil_decode.__file__)
+        self.processes = [subprocess.Popen([sys.executable, script], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE)
+                          for _ in range(count)]
+        self._finalizer = weakref.finalize(self, _stop, self.processes)
+
+    def decode(self, paths: list, options: dict, image_shape) -> list[np.ndarray]:
+        """`paths` split over the workers, decoded; the parts in order."""
+        parts = [list(p) for p in np.array_split(np.asarray(paths, dtype=object),
+                                                 len(self.processes)) if len(p)]
+        busy = self.processes[:len(parts)]
+        for process, part in zip(busy, parts):
+            pickle.dump((part, options, image_shape), process.stdin,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+            process.stdin.flush()
+        results = []
+        for process in busy:
+            try:
+                status, value = pickle.load(process.stdout)
+            except EOFError:
+                raise RuntimeError(f"an image decoding worker exited (code "
+                                   f"{process.poll()}); see its messages above") from None
+            if status != "ok":
+                raise ValueError(f"decoding an image failed: {value}")
+            results.append(value)
+        return results
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _stop(processes) -> None:
+    for process in processes:
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+    for process in processes:
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 class ImageFileReader:
@@ -198,7 +190,8 @@ class ImageFileReader:
       interpolation: Pillow's resize filter, by Keras' name.
       keep_aspect_ratio: centre-crop to the target's aspect ratio before resizing.
       num_classes: None: max(labels) + 1.
-      workers: decoding threads (`default_workers()` when None); 1 decodes in the caller.
+      workers: decoding processes (`default_workers()` when None), started on the first
+        read of several files; 1 decodes in the calling thread.
 
     Attributes:
       image_shape: (height, width, channels).
@@ -219,69 +212,49 @@ class ImageFileReader:
         self.num_classes = int(num_classes if num_classes is not None
                                else (int(self.labels.max()) + 1 if n else 0))
         self.image_shape = (height, width, COLOR_MODES[color_mode])
-        self.color_mode, self.interpolation = color_mode, interpolation
-        self.keep_aspect_ratio = keep_aspect_ratio
+        self.options = {"color_mode": color_mode, "target_size": (height, width),
+                        "interpolation": interpolation, "keep_aspect_ratio": keep_aspect_ratio}
         self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._pool = None
-        self._pool_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.filepaths)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_pool"], state["_pool_lock"] = None, None
+        state["_pool"], state["_lock"] = None, None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._pool_lock = threading.Lock()
-
-    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self.workers, thread_name_prefix="jaxscale-decode")
-            return self._pool
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Stops the decoding threads (they start again on the next read)."""
-        with self._pool_lock:
+        """Stops the decoding processes (they start again on the next read)."""
+        with self._lock:
             if self._pool is not None:
-                self._pool.shutdown(wait=True)
+                self._pool.close()
                 self._pool = None
-
-    def __del__(self):
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)
-
-    def _load(self, path: str) -> np.ndarray:
-        return load_image(path, color_mode=self.color_mode, target_size=self.image_shape[:2],
-                          interpolation=self.interpolation,
-                          keep_aspect_ratio=self.keep_aspect_ratio)
 
     def read_images(self, rows) -> np.ndarray:
         """The images at `rows` (int[B]): uint8[B, H, W, C]."""
         rows = np.asarray(rows, np.int64).reshape(-1)
-        out = np.empty((rows.size, *self.image_shape), np.uint8)
         paths = [self.filepaths[r] for r in rows]
-
-        def decode(i: int) -> None:
-            out[i] = self._load(paths[i])
-
-        if self.workers == 1 or rows.size <= 1:
-            for i in range(rows.size):
-                decode(i)
-        else:
-            # Contiguous slices, one per thread: fewer futures than files.
-            slices = np.array_split(np.arange(rows.size), min(self.workers, rows.size))
-            for future in [self._executor().submit(lambda s=s: [decode(i) for i in s])
-                           for s in slices]:
-                future.result()
-        return out
+        if self.workers == 1 or len(paths) < 2:
+            return _pil_decode.decode_files(paths, self.options, self.image_shape)
+        with self._lock:
+            if self._pool is None:
+                self._pool = _DecodeWorkers(self.workers)
+            try:
+                parts = self._pool.decode(paths, self.options, self.image_shape)
+            except RuntimeError:
+                self._pool.close()
+                self._pool = None
+                raise
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8[B, H, W, C], labels int32[B]) of the examples at `rows`."""
@@ -331,7 +304,7 @@ def load_image_folder(directory, *, image_size: tuple[int, int] = (256, 256),
         folder's sorted files ("validation") or keep the rest ("training"), as
         `flow_from_directory` does (Keras' image_dataset_from_directory shuffles the files
         before splitting instead).
-      workers: decoding threads (`default_workers()` when None).
+      workers: decoding processes (`default_workers()` when None).
 
     Returns:
       ImageFolder (a Dataset): images uint8[N, H, W, C], labels int32[N], in the listing's

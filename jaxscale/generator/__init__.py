@@ -326,11 +326,12 @@ class ImageDataGenerator:
                             shuffle=True, seed=None, save_to_dir=None, save_prefix="",
                             save_format="png", follow_links=False, subset=None,
                             interpolation="nearest", keep_aspect_ratio=False, *,
-                            workers: int | None = None) -> DirectoryIterator:
+                            decode_workers: int | None = None) -> DirectoryIterator:
         """Batches of the image files in `directory`, one subfolder per class, as Keras'.
 
         Files are listed in Keras' order and decoded and resized on the host with Pillow as
-        Keras does (`jaxscale.data.image_files`, `workers` threads), then augmented and
+        Keras does (`jaxscale.data.image_files`, in `decode_workers` processes: None, one per
+        CPU; 1, in this process), then augmented and
         scaled on the device. Keras' arguments, same meaning: target_size (height, width),
         color_mode "grayscale" / "rgb" / "rgba", classes (subfolders, in index order),
         class_mode "categorical" (one-hot) / "binary" / "sparse" (float32 indices) /
@@ -351,7 +352,7 @@ class ImageDataGenerator:
             save_to_dir=save_to_dir, save_prefix=save_prefix, save_format=save_format,
             follow_links=follow_links, split=split, subset=subset,
             interpolation=interpolation, keep_aspect_ratio=keep_aspect_ratio,
-            label_dtype=self._label_dtype, workers=workers, **options)
+            label_dtype=self._label_dtype, decode_workers=decode_workers, **options)
 
     def flow_from_dataframe(self, dataframe, directory=None, x_col="filename", y_col="class",
                             weight_col=None, target_size=(256, 256), color_mode="rgb",
@@ -359,7 +360,8 @@ class ImageDataGenerator:
                             shuffle=True, seed=None, save_to_dir=None, save_prefix="",
                             save_format="png", subset=None, interpolation="nearest",
                             validate_filenames=True, keep_aspect_ratio=False, *,
-                            workers: int | None = None, **kwargs) -> DataFrameIterator:
+                            decode_workers: int | None = None, **kwargs
+                            ) -> DataFrameIterator:
         """Batches of the image files named in `dataframe[x_col]`, as Keras' method.
 
         Keras' arguments, same meaning: directory (joined to each name; None: names are
@@ -399,7 +401,7 @@ class ImageDataGenerator:
             save_to_dir=save_to_dir, save_prefix=save_prefix, save_format=save_format,
             split=split, subset=subset, interpolation=interpolation,
             keep_aspect_ratio=keep_aspect_ratio, validate_filenames=validate_filenames,
-            label_dtype=self._label_dtype, workers=workers, **options)
+            label_dtype=self._label_dtype, decode_workers=decode_workers, **options)
 
     @property
     def _label_dtype(self) -> str:

@@ -49,7 +49,7 @@ from jaxscale.data.pipeline import epoch_order
 from jaxscale.scaling import ScalingConfig, ScalingParams
 
 # One compiled call computes at most this many batches, and about this many output bytes.
-MAX_BATCHES_PER_CALL = 16
+MAX_BATCHES_PER_CALL = 32
 CALL_BYTES = 16 << 20
 
 
@@ -490,13 +490,14 @@ class _FileIterator(_DeviceScaled):
 
     def _setup_files(self, filepaths, *, target_size, color_mode: str, data_format: str,
                      interpolation: str, keep_aspect_ratio: bool, batch_size: int,
-                     shuffle: bool, seed, workers: int | None):
+                     shuffle: bool, seed, decode_workers: int | None):
         self.target_size = check_image_options(target_size, color_mode, interpolation)
         self.color_mode, self.interpolation = color_mode, interpolation
         self.keep_aspect_ratio, self.data_format = keep_aspect_ratio, data_format
         self.reader = ImageFileReader(filepaths, None, target_size=self.target_size,
                                       color_mode=color_mode, interpolation=interpolation,
-                                      keep_aspect_ratio=keep_aspect_ratio, workers=workers)
+                                      keep_aspect_ratio=keep_aspect_ratio,
+                                      workers=decode_workers)
         height, width, channels = self.reader.image_shape
         self.image_shape = ((height, width, channels) if data_format == "channels_last"
                             else (channels, height, width))
@@ -563,7 +564,8 @@ class _FileIterator(_DeviceScaled):
             self._prefetched = None
 
     def close(self) -> None:
-        """Stops the decoding and prefetching threads (they start again when needed)."""
+        """Stops the decoding processes and the prefetching thread (both start again when
+        needed)."""
         self.reader.close()
         if self._prefetcher is not None:
             self._prefetcher.shutdown(wait=True)
@@ -601,7 +603,7 @@ class DirectoryIterator(_FileIterator):
                  interpolation: str = "nearest", keep_aspect_ratio: bool = False,
                  augment_config: AugmentConfig | None = None, out_dtype: str | None = None,
                  host_dtype: str | None = None, label_dtype: str = "float32",
-                 workers: int | None = None):
+                 decode_workers: int | None = None):
         _check_class_mode(class_mode, self.allowed_class_modes)
         check_image_options(target_size, color_mode, interpolation)
         self.directory, self.class_mode, self.split, self.subset = (directory, class_mode,
@@ -619,7 +621,7 @@ class DirectoryIterator(_FileIterator):
                           target_size=target_size, color_mode=color_mode,
                           data_format=config.data_format, interpolation=interpolation,
                           keep_aspect_ratio=keep_aspect_ratio, batch_size=batch_size,
-                          shuffle=shuffle, seed=seed, workers=workers)
+                          shuffle=shuffle, seed=seed, decode_workers=decode_workers)
         self._setup_scaling(config, params, augment_config, out_dtype, host_dtype)
         self.save_to_dir, self.save_prefix, self.save_format = (save_to_dir, save_prefix,
                                                                 save_format)
@@ -664,7 +666,7 @@ class DataFrameIterator(_FileIterator):
                  validate_filenames: bool = True,
                  augment_config: AugmentConfig | None = None, out_dtype: str | None = None,
                  host_dtype: str | None = None, label_dtype: str = "float32",
-                 workers: int | None = None):
+                 decode_workers: int | None = None):
         check_image_options(target_size, color_mode, interpolation)
         df = dataframe.copy()
         self.directory = directory or ""
@@ -703,7 +705,7 @@ class DataFrameIterator(_FileIterator):
                           target_size=target_size, color_mode=color_mode,
                           data_format=config.data_format, interpolation=interpolation,
                           keep_aspect_ratio=keep_aspect_ratio, batch_size=batch_size,
-                          shuffle=shuffle, seed=seed, workers=workers)
+                          shuffle=shuffle, seed=seed, decode_workers=decode_workers)
         self._setup_scaling(config, params, augment_config, out_dtype, host_dtype)
         self.save_to_dir, self.save_prefix, self.save_format = (save_to_dir, save_prefix,
                                                                 save_format)
