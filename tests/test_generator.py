@@ -581,3 +581,22 @@ def test_model_fit_on_another_keras_backend_gets_numpy_batches(backend):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(32, 4)" in done.stdout
+
+
+def test_shift_axes_and_the_centre_of_non_square_images_are_documented_differences():
+    legacy = keras_legacy()
+    del legacy
+    # height_shift_range moves rows here; Keras' moves columns (its tx).
+    params = keras_generator(height_shift_range=0.5).get_random_transform((10, 10, 1), seed=1)
+    assert params["tx"] != 0 and params["ty"] == 0
+    ours = jaxscale.ImageDataGenerator(height_shift_range=0.5).get_random_transform(
+        (10, 10, 1), seed=1)
+    assert ours["tx"] == 0 and ours["ty"] != 0
+    # A rotation about ((H-1)/2, (W-1)/2) equals Keras' on a square image, not on a
+    # non-square one (Keras swaps the two centre coordinates).
+    rotation = {"theta": 30.0}
+    for shape, same in (((9, 9, 1), True), ((8, 12, 1), False)):
+        image = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
+        theirs = keras_generator().apply_transform(image, rotation)
+        mine = np.asarray(jaxscale.ImageDataGenerator().apply_transform(image, rotation))
+        assert np.allclose(mine, theirs, atol=1e-3) == same

@@ -56,3 +56,35 @@ def test_tutorial_cnn_on_our_flow_reaches_keras_accuracy(mnist_dir):
           f"{theirs:.2f} %")
     assert ours > 95.0 and theirs > 95.0
     assert abs(ours - theirs) <= 0.5
+
+
+def python_blocks(path):
+    text = open(path).read()
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+def test_docs_keras_examples_run_and_print_what_the_page_shows(tmp_path, mnist_dir):
+    import subprocess
+    import sys
+    from PIL import Image
+    pytest.importorskip("keras")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    page = os.path.join(root, "docs", "keras.md")
+    tutorial, folders = python_blocks(page)
+    train = load_dataset("mnist", "train", data_dir=mnist_dir, source="raw")
+    digits = tmp_path / "digits"
+    for i in range(1000):
+        (digits / str(train.labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(train.images[i, ..., 0]).save(digits / str(train.labels[i]) / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": root, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    shown = open(page).read()
+    for code in (tutorial, folders.replace("/tmp/digits", str(digits))):
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        printed = [line for line in done.stdout.splitlines() if line.strip()]
+        for line in printed:
+            if "step" in line or "Accuracy" in line:
+                continue  # timings and the accuracy vary by machine
+            assert line in shown, line
