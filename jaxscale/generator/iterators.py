@@ -302,7 +302,7 @@ class Iterator:
                 batch = self._cache[index]
             else:
                 batch = self._compute(index, 1)[0]
-        self._expected = max(self._expected, index + 1)
+        self._expected = index + 1
         self.total_batches_seen += 1
         self._save(index, batch)
         return self._output(batch)
@@ -336,19 +336,14 @@ class Iterator:
 
     # -- outputs
     def _output(self, batch):
+        """The batch as handed out: NumPy on Keras' other backends, x cast for float64."""
         if not (self._numpy_output or self._host_dtype):
             return batch
-        structure = batch
-
-        def convert(leaf):
-            return np.asarray(leaf) if isinstance(leaf, jax.Array) else leaf
-
-        structure = jax.tree_util.tree_map(convert, structure)
+        batch = jax.tree_util.tree_map(
+            lambda leaf: np.asarray(leaf) if isinstance(leaf, jax.Array) else leaf, batch)
         if self._host_dtype:
-            x = self._x_of(structure)
-            cast = np.asarray(x, self._host_dtype)
-            structure = self._with_x(structure, cast)
-        return structure
+            batch = self._with_x(batch, np.asarray(self._x_of(batch), self._host_dtype))
+        return batch
 
     @staticmethod
     def _x_of(batch):
