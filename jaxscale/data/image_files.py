@@ -39,6 +39,10 @@ from jaxscale.data import _pil_decode
 from jaxscale.data._pil_decode import load_image
 from jaxscale.data.datasets import Dataset
 
+__all__ = ["COLOR_MODES", "INTERPOLATIONS", "WHITE_LIST_FORMATS", "DirectoryListing",
+           "ImageFileReader", "ImageFolder", "list_directory", "load_image",
+           "load_image_folder"]
+
 WHITE_LIST_FORMATS = ("png", "jpg", "jpeg", "bmp", "ppm", "tif", "tiff")
 COLOR_MODES = {"grayscale": 1, "rgb": 3, "rgba": 4}
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")

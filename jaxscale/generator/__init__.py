@@ -5,8 +5,9 @@ keep the code: the same knobs with the same meaning, `fit` / `standardize` / `fl
 `flow_from_directory` / `flow_from_dataframe`, and iterators that `model.fit` takes. Statistics
 are computed on device in one streaming pass; batches are gathered (or decoded from files on
 the host), augmented and scaled on the device, several per compiled call
-(`jaxscale.generator.iterators`). Keras' module-level functions are in
-`jaxscale.generator.functions`.
+(`jaxscale.generator.iterators`). Keras' module-level functions (`random_rotation`, ...)
+are in `jaxscale.generator.functions` and importable from here, as from
+`keras.preprocessing.image`.
 
 Every difference from Keras 3's `keras.src.legacy.preprocessing.image` is listed, with the
 test that pins it, in docs/keras.md. The main ones: featurewise modes raise before `fit`
@@ -36,11 +37,25 @@ from jaxscale.generator.iterators import (
     keras_iterator_class,
     resolve_seed,
 )
+from jaxscale.generator.functions import (
+    apply_affine_transform,
+    apply_brightness_shift,
+    apply_channel_shift,
+    random_brightness,
+    random_channel_shift,
+    random_rotation,
+    random_shear,
+    random_shift,
+    random_zoom,
+)
 from jaxscale.scaling import ScalingConfig, ScalingParams
 from jaxscale.validation import channel_axis, check_images
 
+# What `keras.preprocessing.image` offered, under the same names.
 __all__ = ["DataFrameIterator", "DirectoryIterator", "FlowIterator", "ImageDataGenerator",
-           "Iterator", "NumpyArrayIterator"]
+           "Iterator", "NumpyArrayIterator", "apply_affine_transform", "apply_brightness_shift",
+           "apply_channel_shift", "random_brightness", "random_channel_shift",
+           "random_rotation", "random_shear", "random_shift", "random_zoom"]
 
 # dtype -> (ScalingConfig dtype, cast on device, cast on the host)
 _DTYPES = {"float32": ("float32", None, None), "bfloat16": ("bfloat16", None, None),
