@@ -6,7 +6,7 @@ The recipe is the seed tutorial's (`jaxscale.augmentation.SEED_RECIPE`: rotation
 - augment_jit/order{1,0}: `augment_jit(key, batch, config)` on device-resident batches
   (bilinear and nearest resampling), several buffers rotated;
 - flow: `jaxscale.ImageDataGenerator(**recipe, rescale=1/255).flow(x, batch_size=...)`, one
-  jitted gather + augment + scale per batch;
+  jitted gather + augment + scale for several batches per call;
 - fused_train_step: the BN CNN's train step (`bench_train.benchmark_train_variants`, the same
   step as the train section's) with `normalize`, with and without the recipe inside the step,
   timed interleaved. `augment_share` = the augmentation's own time on that batch / the plain

@@ -3,10 +3,11 @@
     python -m benchmarks.run [--quick] [--out DIR] [--data-dir DIR] [--only stats,scaling]
 
 Sections (each a module of this package): stats (dataset statistics vs NumPy / Keras `fit`),
-scaling (scaling alone vs Keras `flow`, GB/s against the measured copy roofline), train (the BN
-CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs Keras'
-`flow`, and its share of the train step) and pipeline (device-resident vs streaming input). A
-section that fails is reported as n/a with why, and the others still run.
+scaling (scaling alone vs Keras `flow`, GB/s against the measured copy roofline), flow (the
+public `flow` / `flow_from_directory` at batch 64 vs Keras', with issue 15's bars), train (the
+BN CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs
+Keras' `flow`, and its share of the train step) and pipeline (device-resident vs streaming
+input). A section that fails is reported as n/a with why, and the others still run.
 
 Writes `<out>/latest.json` (+ a timestamped copy) and `<out>/latest.png`, and prints a table.
 Method: warm-up excluded, `block_until_ready`, median and spread of repeats, rotated buffers.
@@ -29,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks.sizes import settings  # noqa: E402
 
-SECTIONS = ("stats", "scaling", "train", "augment", "pipeline")
+SECTIONS = ("stats", "scaling", "flow", "train", "augment", "pipeline")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -84,6 +85,9 @@ def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:
     if section == "scaling":
         from benchmarks import bench_scaling
         return bench_scaling.run(data.images, keras=keras, **sizes)
+    if section == "flow":
+        from benchmarks import bench_flow
+        return bench_flow.run(data.images, data.labels, keras=keras, **sizes)
     if section == "train":
         from benchmarks import bench_train
         return bench_train.run(data.images, data.labels, keras=keras, **sizes)

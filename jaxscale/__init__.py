@@ -32,6 +32,7 @@ from jaxscale.data.datasets import (
     load_process_shard,
     synthetic_dataset,
 )
+from jaxscale.data.image_files import ImageFileReader, load_image_folder
 from jaxscale.data.pipeline import (
     ArrayReader,
     Batch,
@@ -89,9 +90,10 @@ __all__ = [
     # the Keras facade
     "ImageDataGenerator",
     # data
-    "ArrayReader", "Batch", "Dataset", "DatasetFileError", "HostSource", "Placement",
-    "ResidentSource", "epoch_batches", "epoch_order", "load_data_source", "load_dataset",
-    "load_process_shard", "synthetic_dataset", "take_rows",
+    "ArrayReader", "Batch", "Dataset", "DatasetFileError", "HostSource", "ImageFileReader",
+    "Placement", "ResidentSource", "epoch_batches", "epoch_order", "load_data_source",
+    "load_dataset", "load_image_folder", "load_process_shard", "synthetic_dataset",
+    "take_rows",
     # training
     "MODELS", "TrainConfig", "TrainResult", "TrainState", "create_train_state", "evaluate",
     "get_model", "make_eval_step", "make_optimizer", "make_runner", "make_train_step",

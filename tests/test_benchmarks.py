@@ -354,3 +354,18 @@ def test_benchmark_train_variants_interleaves_without_recompiling():
         assert result["images_per_s"] == pytest.approx(32e3 / result["step_ms_median"])
     with pytest.raises(ValueError, match="at least one"):
         benchmark_train_variants({})
+
+
+def test_flow_rows_time_the_public_flows_against_keras():
+    pytest.importorskip("keras")
+    from benchmarks import bench_flow
+    images = tiny_images(n=130)
+    labels = np.arange(130, dtype=np.int32) % 3
+    rows = bench_flow.run(images, labels, modes=("normalize", "zca"), repeats=2, batches=3,
+                          keras_batches=1, files=130, file_batches=2, keras_file_batches=1)
+    assert [r["name"] for r in rows] == ["flow/normalize", "flow/zca", "flow_from_directory"]
+    assert [r["bar"] for r in rows] == [20.0, 5.0, 3.0]
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["keras_images_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["images_per_s"] / row["keras_images_per_s"])
+        assert isinstance(row["meets_bar"], bool) and len(row["seconds_repeats"]) == 2
