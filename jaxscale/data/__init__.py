@@ -1,0 +1,1 @@
+"""Data: datasets, the one data path (resident or streaming), readers and sharding."""

@@ -1,0 +1,983 @@
+"""Streaming input for data that does not fit on the device: host readers and a Grain pipeline.
+
+A *host reader* gives random access to a dataset without holding it in memory:
+`len(reader)`, `reader.image_shape` (H, W, C), `reader.num_classes` and
+`reader.read(rows) -> (uint8[B, H, W, C], int32[B])`, reading only those rows. Readers here:
+
+- `ArrayReader`: in-memory or `np.memmap` arrays.
+- `RecordReader`: ArrayRecord files of raw uint8 records written by `write_records` (decoded
+  once, so an epoch costs a file read and a copy per image, no PNG/JPEG decode). Every file
+  carries a header (shape, dtype, shard, counts) checked when it is opened, and Riegeli checks
+  a hash of every chunk it reads, so a corrupt or truncated file raises `RecordFileError`
+  naming the file, never a short epoch.
+- `TfdsReader`: tfds ArrayRecord data sources as tfds prepares them (`tfds.data_source`,
+  `file_format="array_record"`), decoding each record on the host.
+- `ImageFileReader`: image files (PNG/JPEG/...) decoded and resized on the host by a
+  pluggable `decode(path, image_shape)` function.
+
+`stream(reader, batch_size, ...)` turns a reader into the batches of the global epoch order
+with Grain: element k of the Grain `MapDataset` is global batch k (epoch k // S, step k % S),
+read with one `reader.read` call of B rows, so Python overhead is per batch, not per image.
+The order of an epoch is `epoch_order(seed, epoch, N)`, the same on every host, for every
+worker count and for the device-resident path; process p of P reads only its contiguous slice
+`rows[p*B/P:(p+1)*B/P]` of each global batch, so a P-process run sees the 1-process run's
+global batches, and every process runs the same number of steps (nobody waits for a host
+whose shard ran out). Grain's worker processes (`mp_prefetch`) take batches k = i mod W and
+are interleaved back in order, so the worker count never changes the batches.
+
+The iterator's state is the position of the next batch, `{"epoch", "step"}` plus the fields
+that define the order (seed, batch size, ...); `set_state` resumes exactly there, whatever
+the worker or process count. `StreamIterator` is a `grain.DatasetIterator`, so Grain's
+orbax handler (`grain.checkpoint.CheckpointSave/CheckpointRestore`) saves it in an orbax
+checkpoint beside the train state. `DeviceIterator` puts batches on the device a few ahead
+(with an optional `NamedSharding`; multi-process via `jax.make_array_from_process_local_data`)
+and reports the state of the batches it has *yielded*, not of the ones in flight.
+
+Host memory holds only the batches in flight: about `(worker_count or 1) * (read_threads +
+buffer_size)` host batches plus `DeviceIterator`'s `size` device batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+
+import jax
+import numpy as np
+
+from jaxscale.datasets import DatasetFileError
+from jaxscale.pipeline import Batch
+
+try:
+    import grain
+except ImportError as err:  # grain needs Python >= 3.11
+    raise ImportError("jaxscale.data.streaming needs grain (pip install 'jaxscale[streaming]', "
+                      "Python >= 3.11)") from err
+
+
+# --- the order of an epoch -------------------------------------------------------------------
+# These three are the shared primitives of the data path; they move to
+# jaxscale.data.pipeline when it lands (same definitions).
+
+def epoch_order(seed: int, epoch: int, num_examples: int, *, shuffle: bool = True
+                ) -> np.ndarray:
+    """int32[N]: the example order of one epoch, identical on every host/backend (computed on
+    the CPU device with jax.random.permutation(fold_in(PRNGKey(seed), epoch), N))."""
+    if not shuffle:
+        return np.arange(num_examples, dtype=np.int32)
+    with jax.default_device(jax.devices("cpu")[0]):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+        return np.asarray(jax.random.permutation(key, num_examples)).astype(np.int32)
+
+
+def epoch_batches(order: np.ndarray, batch_size: int, *, drop_remainder: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows int32[S, B], mask bool[S, B]): `order` cut into batches of B. The last N mod B
+    rows are dropped, or padded with row 0 and mask False (every batch has the same shape)."""
+    n = len(order)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if drop_remainder:
+        if n < batch_size:
+            raise ValueError(f"drop_remainder with {n} examples < batch_size {batch_size} "
+                             "leaves no batch")
+        steps = n // batch_size
+        return (np.asarray(order[:steps * batch_size], np.int32).reshape(steps, batch_size),
+                np.ones((steps, batch_size), bool))
+    steps = -(-n // batch_size)
+    rows = np.zeros(steps * batch_size, np.int32)
+    rows[:n] = order
+    mask = np.arange(steps * batch_size) < n
+    return rows.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+
+
+def process_rows(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """This process's contiguous slice of every global batch: rows[..., p*B/P:(p+1)*B/P]."""
+    batch_size = rows.shape[-1]
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, process_count={process_count}), got "
+                         f"{process_index}")
+    if batch_size % process_count:
+        raise ValueError(f"global batch size {batch_size} does not split over "
+                         f"{process_count} processes")
+    per = batch_size // process_count
+    return rows[..., process_index * per:(process_index + 1) * per]
+
+
+# --- host readers ----------------------------------------------------------------------------
+
+@runtime_checkable
+class HostReader(Protocol):
+    """Random access to a labelled image dataset on the host, reading only the rows asked."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+
+    def __len__(self) -> int: ...
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8[B, H, W, C], labels int32[B]) of `rows` (int[B], in [0, N))."""
+        ...
+
+
+class RecordFileError(DatasetFileError):
+    """A record file is missing, truncated, corrupt, or not what its header says."""
+
+
+def _check_rows(rows, num_examples: int, who: str) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"{who}.read needs int rows [B], got {rows.dtype}{list(rows.shape)}")
+    if rows.size and (rows.min() < 0 or rows.max() >= num_examples):
+        bad = rows[(rows < 0) | (rows >= num_examples)][0]
+        raise ValueError(f"{who}.read: row {bad} is outside [0, {num_examples})")
+    return rows
+
+
+def _check_image_shape(image_shape) -> tuple[int, int, int]:
+    shape = tuple(int(d) for d in image_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape}")
+    return shape
+
+
+class ArrayReader:
+    """A host reader over arrays: in memory, or `np.memmap` (only the rows read are paged in).
+
+    Args:
+      images: uint8[N, H, W, C], anything supporting integer-array indexing.
+      labels: int[N].
+      num_classes: default `labels.max() + 1`.
+    """
+
+    def __init__(self, images, labels, num_classes: int | None = None):
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"ArrayReader images must be uint8[N, H, W, C], got "
+                             f"{images.dtype}{list(images.shape)}")
+        if np.shape(labels) != (images.shape[0],):
+            raise ValueError(f"ArrayReader labels must be [N] with N = {images.shape[0]}, got "
+                             f"shape {np.shape(labels)}")
+        self.images, self.labels = images, labels
+        self.image_shape = tuple(int(d) for d in images.shape[1:])
+        self.num_classes = int(np.max(labels)) + 1 if num_classes is None else int(num_classes)
+
+    @classmethod
+    def from_dataset(cls, dataset) -> "ArrayReader":
+        """A reader over a `jaxscale.datasets.Dataset`."""
+        return cls(dataset.images, dataset.labels, dataset.num_classes)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        rows = _check_rows(rows, len(self), "ArrayReader")
+        return np.asarray(self.images[rows]), np.asarray(self.labels[rows]).astype(np.int32)
+
+
+# Raw records: one record per example, the image's H*W*C bytes then its int32 label (little
+# endian); record 0 of every file is a JSON header. Written uncompressed, one record per chunk
+# (`group_size:1`): random access reads one chunk per example and decodes nothing.
+RECORD_FORMAT = "jaxscale.raw_uint8"
+RECORD_FORMAT_VERSION = 1
+WRITER_OPTIONS = "group_size:1,uncompressed"
+# Random access: no readahead (it would read past the record), one reading thread per call
+# (the pipeline's own threads and workers give the parallelism).
+READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:1"
+_LABEL = np.dtype("<i4")
+
+
+def record_paths(prefix: str | Path, num_shards: int) -> list[Path]:
+    """The files `write_records(prefix, ..., num_shards=n)` writes: prefix-00000-of-0000n..."""
+    return [Path(f"{prefix}-{i:05d}-of-{num_shards:05d}.array_record")
+            for i in range(num_shards)]
+
+
+def _as_reader(data) -> HostReader:
+    if isinstance(data, HostReader):
+        return data
+    if hasattr(data, "images") and hasattr(data, "labels"):
+        return ArrayReader.from_dataset(data)
+    images, labels = data
+    return ArrayReader(np.asarray(images), np.asarray(labels))
+
+
+def write_records(prefix: str | Path, data, *, num_shards: int = 1, batch_size: int = 1024,
+                  options: str = WRITER_OPTIONS, progress: bool = False) -> list[Path]:
+    """Writes a dataset as ArrayRecord files of raw uint8 records (decoded once, read fast).
+
+    Args:
+      prefix: path prefix; files are `record_paths(prefix, num_shards)` (folders are made).
+      data: a host reader (e.g. `tfds_reader("mnist")`, which decodes every PNG once here), a
+        `jaxscale.datasets.Dataset`, or a pair (images uint8[N, H, W, C], labels int[N]).
+        Read `batch_size` rows at a time, so a reader's dataset never sits in memory.
+      num_shards: files; shard i holds the contiguous rows [i*N//n, (i+1)*N//n).
+      options: ArrayRecord writer options (keep `group_size:1` for random access).
+      progress: show a progress bar.
+
+    Returns:
+      The paths written. Each file is written under a temporary name and renamed when
+      complete, so a crash never leaves a plausible partial file.
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    reader = _as_reader(data)
+    n = len(reader)
+    if num_shards < 1 or n < num_shards:
+        raise ValueError(f"need 1 <= num_shards <= {n} examples, got num_shards={num_shards}")
+    image_shape = _check_image_shape(reader.image_shape)
+    paths = record_paths(prefix, num_shards)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc=f"write {paths[0].parent.name or paths[0].name}", unit="img")
+    try:
+        for shard, path in enumerate(paths):
+            start, stop = shard * n // num_shards, (shard + 1) * n // num_shards
+            header = dict(format=RECORD_FORMAT, version=RECORD_FORMAT_VERSION,
+                          image_shape=list(image_shape), image_dtype="uint8",
+                          label_dtype=_LABEL.str, num_classes=int(reader.num_classes),
+                          shard_index=shard, num_shards=num_shards, first_row=start,
+                          num_examples=stop - start, total_examples=n)
+            partial = path.with_name(path.name + ".partial")
+            writer = ArrayRecordWriter(str(partial), options)
+            try:
+                writer.write(json.dumps(header).encode())
+                for first in range(start, stop, batch_size):
+                    rows = np.arange(first, min(first + batch_size, stop))
+                    images, labels = reader.read(rows)
+                    images = np.ascontiguousarray(images, np.uint8)
+                    if images.shape != (len(rows), *image_shape):
+                        raise ValueError(f"{type(reader).__name__}.read gave images of shape "
+                                         f"{images.shape}, expected {(len(rows), *image_shape)}")
+                    flat = images.reshape(len(rows), -1)
+                    label_bytes = np.asarray(labels).astype(_LABEL).reshape(-1, 1).view(np.uint8)
+                    for record in np.concatenate([flat, label_bytes], axis=1):
+                        writer.write(record.tobytes())
+                    if bar is not None:
+                        bar.update(len(rows))
+            finally:
+                writer.close()
+            os.replace(partial, path)
+    finally:
+        if bar is not None:
+            bar.close()
+    return paths
+
+
+def _expand_paths(paths) -> list[Path]:
+    if isinstance(paths, (str, Path)):
+        text = str(paths)
+        if any(c in text for c in "*?["):
+            found = sorted(glob.glob(text))
+            if not found:
+                raise RecordFileError(f"{text}: no files match")
+            return [Path(p) for p in found]
+        return [Path(text)]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("RecordReader needs at least one file")
+    return paths
+
+
+def _open_record_file(path: Path):
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    if not path.is_file():
+        raise RecordFileError(f"{path}: file not found")
+    try:
+        reader = ArrayRecordReader(str(path), READER_OPTIONS)
+    except RuntimeError as err:
+        raise RecordFileError(f"{path}: not a readable ArrayRecord file: {err}") from err
+    if not reader.ok():
+        # e.g. a truncated file: its footer and record index are gone
+        raise RecordFileError(f"{path}: not a readable ArrayRecord file (truncated or "
+                              "corrupt: its footer/index could not be read)")
+    return reader
+
+
+def _read_header(path: Path) -> dict:
+    reader = _open_record_file(path)
+    try:
+        count = reader.num_records()
+        if count < 1:
+            raise RecordFileError(f"{path}: holds no records (not written by write_records?)")
+        try:
+            raw = reader.read([0])[0]
+        except RuntimeError as err:
+            raise RecordFileError(f"{path}: corrupt header record: {err}") from err
+    finally:
+        reader.close()
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict) or header.get("format") != RECORD_FORMAT:
+        raise RecordFileError(f"{path}: no {RECORD_FORMAT} header: not a file written by "
+                              "jaxscale.data.streaming.write_records")
+    if header.get("version") != RECORD_FORMAT_VERSION:
+        raise RecordFileError(f"{path}: record format version {header.get('version')}, this "
+                              f"reader reads version {RECORD_FORMAT_VERSION}")
+    if header["image_dtype"] != "uint8" or header["label_dtype"] != _LABEL.str:
+        raise RecordFileError(f"{path}: images {header['image_dtype']} / labels "
+                              f"{header['label_dtype']}; expected uint8 / {_LABEL.str}")
+    if count != header["num_examples"] + 1:
+        raise RecordFileError(
+            f"{path}: header announces {header['num_examples']} examples, the file holds "
+            f"{count - 1} ({'truncated' if count - 1 < header['num_examples'] else 'too long'})")
+    return header
+
+
+class RecordReader:
+    """A host reader over the raw uint8 ArrayRecord files `write_records` writes.
+
+    Args:
+      paths: the files of one dataset, in any order: a path, a glob pattern
+        ("data/mnist-train-*.array_record") or a sequence of paths. Every header is checked
+        when the reader is made: same image shape and classes, every shard present once, each
+        file holding the number of records its header announces.
+
+    Reads hold no dataset in memory: one open ArrayRecord reader per file, opened lazily in
+    each process (the reader pickles without them, for Grain's worker processes).
+
+    Raises:
+      RecordFileError: a file is missing, truncated, corrupt, not written by `write_records`,
+        or inconsistent with the other files; the message names the file.
+    """
+
+    def __init__(self, paths):
+        self.paths = _expand_paths(paths)
+        headers = [_read_header(p) for p in self.paths]
+        first = headers[0]
+        for path, header in zip(self.paths, headers):
+            for key in ("image_shape", "num_classes", "num_shards", "total_examples"):
+                if header[key] != first[key]:
+                    raise RecordFileError(
+                        f"{path}: {key} {header[key]} differs from {first[key]} in "
+                        f"{self.paths[0]} (files of different datasets?)")
+        order = sorted(range(len(headers)), key=lambda i: headers[i]["shard_index"])
+        shards = [headers[i]["shard_index"] for i in order]
+        if shards != list(range(first["num_shards"])):
+            missing = sorted(set(range(first["num_shards"])) - set(shards))
+            raise RecordFileError(
+                f"{self.paths[0]}: the dataset has {first['num_shards']} shards; got shards "
+                f"{shards}" + (f", missing {missing}" if missing else " (duplicates)"))
+        self.paths = [self.paths[i] for i in order]
+        headers = [headers[i] for i in order]
+        starts = np.cumsum([0] + [h["num_examples"] for h in headers])
+        for path, header, start in zip(self.paths, headers, starts):
+            if header["first_row"] != start:
+                raise RecordFileError(f"{path}: starts at row {header['first_row']}, expected "
+                                      f"{start} after the previous shards")
+        if starts[-1] != first["total_examples"]:
+            raise RecordFileError(f"{self.paths[0]}: shards hold {starts[-1]} examples, the "
+                                  f"headers announce {first['total_examples']}")
+        self.image_shape = tuple(first["image_shape"])
+        self.num_classes = int(first["num_classes"])
+        self._starts = starts.astype(np.int64)
+        self._image_bytes = int(np.prod(self.image_shape))
+        self._record_bytes = self._image_bytes + _LABEL.itemsize
+        self._readers: list = [None] * len(self.paths)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_readers"] = [None] * len(self.paths)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _reader(self, index: int):
+        reader = self._readers[index]
+        if reader is None:
+            with self._lock:
+                reader = self._readers[index]
+                if reader is None:
+                    reader = self._readers[index] = _open_record_file(self.paths[index])
+        return reader
+
+    def _read_file(self, index: int, positions: np.ndarray) -> np.ndarray:
+        path = self.paths[index]
+        try:
+            records = self._reader(index).read(positions.tolist())
+        except RuntimeError as err:  # Riegeli's chunk hash or framing check failed
+            raise RecordFileError(f"{path}: corrupt record: {err}") from err
+        data = b"".join(records)
+        if len(data) != len(records) * self._record_bytes:
+            bad = next(i for i, r in enumerate(records) if len(r) != self._record_bytes)
+            raise RecordFileError(f"{path}: record {int(positions[bad])} has "
+                                  f"{len(records[bad])} bytes, expected {self._record_bytes}")
+        return np.frombuffer(data, np.uint8).reshape(len(records), self._record_bytes)
+
+    def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        rows = _check_rows(rows, len(self), "RecordReader")
+        if len(self.paths) == 1:
+            raw = self._read_file(0, rows + 1)  # record 0 is the header
+        else:
+            files = np.searchsorted(self._starts, rows, side="right") - 1
+            raw = np.empty((len(rows), self._record_bytes), np.uint8)
+            for index in np.unique(files):
+                where = np.flatnonzero(files == index)
+                raw[where] = self._read_file(int(index), rows[where] - self._starts[index] + 1)
+        images = raw[:, :self._image_bytes].reshape(len(rows), *self.image_shape)
+        labels = raw[:, self._image_bytes:].copy().view(_LABEL).reshape(len(rows))
+        return np.ascontiguousarray(images), labels.astype(np.int32)
+
+
+class TfdsReader:
+    """A host reader over a tfds data source (tfds' ArrayRecord files), decoding on the host.
+
+    Args:
+      source: a tfds data source, e.g. `tfds.data_source("mnist", split="train")` or
+        `builder.as_data_source(split)`; anything with `__len__` and `__getitems__(keys)`
+        returning feature dicts, and a `dataset_info` unless the keys and shapes are given.
+      image_key, label_key: feature names; default the dataset's supervised keys.
+      image_shape, num_classes: default from the dataset's features.
+
+    tfds' MNIST/CIFAR records hold PNG: each read decodes every image again. To stream an
+    epoch fast, convert once with `write_records(prefix, TfdsReader(...))` and read the raw
+    files with `RecordReader`.
+    """
+
+    def __init__(self, source, *, image_key: str | None = None, label_key: str | None = None,
+                 image_shape: tuple[int, int, int] | None = None,
+                 num_classes: int | None = None):
+        info = getattr(source, "dataset_info", None)
+        if image_key is None or label_key is None:
+            keys = getattr(info, "supervised_keys", None)
+            if not keys or len(keys) != 2:
+                raise ValueError("TfdsReader needs image_key and label_key: the source has no "
+                                 "(image, label) supervised keys")
+            image_key = image_key or keys[0]
+            label_key = label_key or keys[1]
+        if image_shape is None:
+            image_shape = info.features[image_key].shape
+        if num_classes is None:
+            num_classes = info.features[label_key].num_classes
+        if None in tuple(image_shape):
+            raise ValueError(f"{image_key} has shape {tuple(image_shape)}; TfdsReader needs a "
+                             "fixed (H, W, C) (use ImageFileReader-style resizing for others)")
+        self.source, self.image_key, self.label_key = source, image_key, label_key
+        self.image_shape = _check_image_shape(image_shape)
+        self.num_classes = int(num_classes)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        rows = _check_rows(rows, len(self), "TfdsReader")
+        records = self.source.__getitems__(rows.tolist())
+        images = np.empty((len(rows), *self.image_shape), np.uint8)
+        for i, record in enumerate(records):  # tfds hands back one decoded dict per record
+            images[i] = np.asarray(record[self.image_key]).reshape(self.image_shape)
+        labels = np.fromiter((record[self.label_key] for record in records), np.int32,
+                             len(records))
+        return images, labels
+
+
+def tfds_reader(name: str, split: str = "train", *, data_dir: str | Path | None = None
+                ) -> TfdsReader:
+    """`TfdsReader` over one split of a tfds dataset, prepared once as ArrayRecord files
+    (offline from `data_dir` as `jaxscale.datasets.load_dataset` does)."""
+    from jaxscale.datasets import tfds_builder
+
+    builder = tfds_builder(name, data_dir, file_format="array_record")
+    return TfdsReader(builder.as_data_source(split=split))
+
+
+_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def decode_image(path: str | Path, image_shape: tuple[int, int, int], *,
+                 interpolation: str = "bilinear") -> np.ndarray:
+    """uint8[H, W, C]: one image file decoded with Pillow, converted to C channels and resized
+    to (H, W) when its size differs (Pillow's `interpolation` filter)."""
+    from PIL import Image
+
+    height, width, channels = image_shape
+    with Image.open(path) as image:
+        image = image.convert(_PIL_MODES[channels])
+        if image.size != (width, height):
+            image = image.resize((width, height), getattr(Image.Resampling,
+                                                          interpolation.upper()))
+        array = np.asarray(image, np.uint8)
+    return array.reshape(image_shape)
+
+
+class ImageFileReader:
+    """A host reader over image files, decoded (and resized to `image_shape`) on the host.
+
+    Args:
+      paths: one file per example.
+      labels: int[N].
+      image_shape: (H, W, C) every image is decoded to.
+      num_classes: default `labels.max() + 1`.
+      decode: `decode(path, image_shape) -> uint8[H, W, C]`; default `decode_image`
+        (Pillow, bilinear). The decoder of `flow_from_directory` plugs in here.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], labels, *,
+                 image_shape: tuple[int, int, int], num_classes: int | None = None,
+                 decode: Callable[[str, tuple], np.ndarray] | None = None):
+        labels = np.asarray(labels)
+        if labels.shape != (len(paths),):
+            raise ValueError(f"ImageFileReader needs one label per path: {len(paths)} paths, "
+                             f"labels of shape {labels.shape}")
+        if len(paths) and _PIL_MODES.get(int(image_shape[-1])) is None and decode is None:
+            raise ValueError(f"decode_image makes 1, 3 or 4 channels, got image_shape "
+                             f"{image_shape}")
+        self.paths = [os.fspath(p) for p in paths]
+        self.labels = labels.astype(np.int32)
+        self.image_shape = _check_image_shape(image_shape)
+        self.num_classes = (int(labels.max()) + 1 if num_classes is None else int(num_classes))
+        self.decode = decode or decode_image
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        rows = _check_rows(rows, len(self), "ImageFileReader")
+        images = np.empty((len(rows), *self.image_shape), np.uint8)
+        for i, row in enumerate(rows.tolist()):  # one file each: decoding is per image
+            try:
+                images[i] = self.decode(self.paths[row], self.image_shape)
+            except (OSError, ValueError) as err:
+                raise DatasetFileError(f"{self.paths[row]}: cannot decode: {err}") from err
+        return images, self.labels[rows]
+
+
+# --- the Grain pipeline ----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    """What defines the batches of a stream (the same on every process, saved with its state).
+
+    Attributes:
+      num_examples: N, the reader's length.
+      batch_size: the *global* batch size B (all processes together).
+      seed: the order of epoch e is `epoch_order(seed, e, N)`.
+      shuffle: False reads rows 0..N-1 in order.
+      drop_remainder: drop the last N mod B examples of each epoch's order; else the last
+        batch is padded with row 0 and mask False.
+    """
+
+    num_examples: int
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    drop_remainder: bool = True
+
+    def __post_init__(self):
+        if self.num_examples < 1 or self.batch_size < 1:
+            raise ValueError(f"need num_examples >= 1 and batch_size >= 1, got "
+                             f"{self.num_examples}, {self.batch_size}")
+        if self.drop_remainder and self.num_examples < self.batch_size:
+            raise ValueError(f"drop_remainder with {self.num_examples} examples < batch_size "
+                             f"{self.batch_size} leaves no batch")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_remainder else -(-n // b)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+    """How batches are read (never *which*: every choice gives the same batches).
+
+    Attributes:
+      worker_count: Grain worker processes (`mp_prefetch`); 0 reads in this process. Workers
+        pay off when reading holds the GIL (decoding PNG records, small records).
+      read_threads: threads per process, each reading whole batches (Grain `ReadOptions`);
+        they overlap file reads and the GIL-free parts of decoding.
+      buffer_size: batches each process keeps ready ahead of use.
+    """
+
+    worker_count: int = 0
+    read_threads: int = 2
+    buffer_size: int = 2
+
+    def __post_init__(self):
+        if self.worker_count < 0 or self.read_threads < 0 or self.buffer_size < 1:
+            raise ValueError(f"need worker_count >= 0, read_threads >= 0, buffer_size >= 1; "
+                             f"got {self}")
+
+
+class _EpochBatches:
+    """Grain data source whose element k is this process's part of global batch k of
+    `num_epochs` epochs (epoch k // S, step k % S), read with one `reader.read` call."""
+
+    def __init__(self, reader: HostReader, config: StreamConfig, num_epochs: int,
+                 process_index: int, process_count: int):
+        self.reader, self.config, self.num_epochs = reader, config, num_epochs
+        self.process_index, self.process_count = process_index, process_count
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.num_epochs * self.config.steps_per_epoch
+
+    def epoch_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int32[S, B/P], mask bool[S, B/P]) this process reads in `epoch`."""
+        with self._lock:  # several threads reach a new epoch together; compute it once
+            if epoch not in self._cache:
+                c = self.config
+                order = epoch_order(c.seed, epoch, c.num_examples, shuffle=c.shuffle)
+                rows, mask = epoch_batches(order, c.batch_size, drop_remainder=c.drop_remainder)
+                self._cache = {e: v for e, v in self._cache.items() if e == epoch - 1}
+                self._cache[epoch] = (
+                    process_rows(rows, self.process_index, self.process_count),
+                    process_rows(mask, self.process_index, self.process_count))
+            return self._cache[epoch]
+
+    def __getitem__(self, index) -> Batch:
+        epoch, step = divmod(int(index), self.config.steps_per_epoch)
+        rows, mask = self.epoch_rows(epoch)
+        images, labels = self.reader.read(rows[step])
+        if images.shape != (len(rows[step]), *self.reader.image_shape) or (
+                images.dtype != np.uint8):
+            raise ValueError(f"{type(self.reader).__name__}.read gave images "
+                             f"{images.dtype}{list(images.shape)}, expected uint8"
+                             f"{[len(rows[step]), *self.reader.image_shape]}")
+        return Batch(images, np.asarray(labels, np.int32), mask[step])
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+    """Grain worker processes compute epoch orders with jax on the CPU only: they must not
+    open the accelerator the training process holds."""
+    del worker_index, worker_count
+    jax.config.update("jax_platforms", "cpu")
+
+
+def _parse_absl_flags() -> None:
+    # Grain 0.2.18's mp_prefetch reads an absl flag, which raises in a program that never
+    # parsed absl flags (google/grain#1355, fixed after 0.2.18): take the defaults then.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if (process_index is None) != (process_count is None):
+        raise ValueError("give both process_index and process_count, or neither")
+    if process_count is None:
+        return jax.process_index(), jax.process_count()
+    return int(process_index), int(process_count)
+
+
+class StreamIterator(grain.DatasetIterator):
+    """This process's part of the global batches of `num_epochs` epochs, read by Grain.
+
+    Yields `Batch(images uint8[B/P, H, W, C], labels int32[B/P], mask bool[B/P])` as NumPy
+    arrays (B the global batch size, P the process count; mask False on padding rows).
+    `get_state()` / `set_state()` give and take the position of the next batch; a resumed
+    stream yields exactly the batches the uninterrupted one would have.
+
+    Make it with `stream(...)`.
+    """
+
+    def __init__(self, reader: HostReader, config: StreamConfig, *, num_epochs: int = 1,
+                 options: StreamOptions = StreamOptions(), process_index: int = 0,
+                 process_count: int = 1):
+        super().__init__()
+        if num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+        if len(reader) != config.num_examples:
+            raise ValueError(f"config.num_examples={config.num_examples} but the reader has "
+                             f"{len(reader)} examples")
+        process_rows(np.zeros((1, config.batch_size)), process_index, process_count)  # checks
+        self.reader, self.config, self.options = reader, config, options
+        self.process_index, self.process_count = process_index, process_count
+        self._batches = _EpochBatches(reader, config, num_epochs, process_index, process_count)
+        self._position = 0
+        self._inner = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.config.steps_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the next batch."""
+        return self._position // self.steps_per_epoch
+
+    @property
+    def step(self) -> int:
+        """Step (within its epoch) of the next batch."""
+        return self._position % self.steps_per_epoch
+
+    def __len__(self) -> int:
+        """Batches left."""
+        return len(self._batches) - self._position
+
+    def _pipeline(self):
+        # Grain: batches from the current position, read by threads, optionally in worker
+        # processes; both keep the element order, so the batches never depend on them.
+        o = self.options
+        dataset = grain.MapDataset.source(self._batches)[self._position:]
+        dataset = dataset.to_iter_dataset(grain.ReadOptions(
+            num_threads=o.read_threads, prefetch_buffer_size=max(o.buffer_size,
+                                                                 o.read_threads)))
+        if o.worker_count:
+            _parse_absl_flags()
+            dataset = dataset.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=o.worker_count,
+                                             per_worker_buffer_size=o.buffer_size),
+                worker_init_fn=_worker_init)
+        return iter(dataset)
+
+    def __next__(self) -> Batch:
+        self._assert_not_closed()
+        if self._position >= len(self._batches):
+            self._close_inner()  # stops the workers and frees their shared memory now
+            raise StopIteration
+        if self._inner is None:
+            self._inner = self._pipeline()
+        batch = next(self._inner)
+        self._position += 1
+        return Batch(*batch)
+
+    def start_prefetch(self) -> None:
+        """Starts reading (and the worker processes) before the first `next`."""
+        if self._inner is None and self._position < len(self._batches):
+            self._inner = self._pipeline()
+            self._inner.start_prefetch()
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-ready position of the next batch, with the config that defines the order."""
+        return dict(epoch=self.epoch, step=self.step, **dataclasses.asdict(self.config))
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Resumes at `state["epoch"], state["step"]` (from `get_state`, possibly of a run
+        with other worker or process counts).
+
+        Raises:
+          ValueError: the state was saved for another dataset size, batch size, seed,
+            shuffle or drop_remainder, or lies past the end of this stream.
+        """
+        for key, value in dataclasses.asdict(self.config).items():
+            if state.get(key) != value:
+                raise ValueError(f"the stream state was saved with {key}={state.get(key)!r}, "
+                                 f"this stream has {key}={value!r}")
+        position = int(state["epoch"]) * self.steps_per_epoch + int(state["step"])
+        if not 0 <= position <= len(self._batches) or not 0 <= state["step"] < max(
+                self.steps_per_epoch, 1):
+            raise ValueError(f"stream state epoch {state['epoch']} step {state['step']} is "
+                             f"outside this stream's {self._batches.num_epochs} epochs of "
+                             f"{self.steps_per_epoch} steps")
+        self._close_inner()
+        self._position = position
+
+    def _close_inner(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
+
+    def close(self) -> None:
+        """Stops the reading threads and worker processes."""
+        self._close_inner()
+        super().close()
+
+    def __str__(self) -> str:
+        return (f"StreamIterator({type(self.reader).__name__}, {self.config}, process "
+                f"{self.process_index}/{self.process_count})")
+
+
+def stream(reader: HostReader, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+           drop_remainder: bool = True, num_epochs: int = 1,
+           options: StreamOptions = StreamOptions(), process_index: int | None = None,
+           process_count: int | None = None) -> StreamIterator:
+    """The batches of `num_epochs` epochs of `reader` that this process reads, via Grain.
+
+    Args:
+      reader: a host reader (`ArrayReader`, `RecordReader`, `TfdsReader`, `ImageFileReader`
+        or your own with `__len__`, `image_shape`, `num_classes`, `read(rows)`).
+      batch_size: the global batch size B, divisible by the process count.
+      seed, shuffle, drop_remainder: the order (see `StreamConfig`).
+      num_epochs: epochs the iterator runs through before StopIteration.
+      options: threads, worker processes and buffers (they never change the batches).
+      process_index, process_count: default jax's; give both to read another process's
+        part (tests, tools).
+
+    Returns:
+      A `StreamIterator` of `Batch(images uint8[B/P, H, W, C], labels int32[B/P],
+      mask bool[B/P])` NumPy batches: process p gets rows [p*B/P, (p+1)*B/P) of every
+      global batch, so the processes' parts, concatenated, are the 1-process batches.
+    """
+    index, count = _process(process_index, process_count)
+    config = StreamConfig(len(reader), batch_size, seed, shuffle, drop_remainder)
+    return StreamIterator(reader, config, num_epochs=num_epochs, options=options,
+                          process_index=index, process_count=count)
+
+
+# --- onto the device -------------------------------------------------------------------------
+
+def _put(batch: Batch, sharding) -> Batch:
+    if sharding is None:
+        return jax.device_put(batch)
+    if jax.process_count() > 1:  # each process holds its own rows of the global batch
+        return jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    return jax.device_put(batch, sharding)
+
+
+class DeviceIterator(grain.DatasetIterator):
+    """Batches of a host iterator put on the device `size` ahead of use.
+
+    Args:
+      batches: an iterator of host `Batch`es (a `StreamIterator`, or any iterator).
+      size: batches in flight to the device beyond the one yielded.
+      sharding: e.g. `NamedSharding(mesh, PartitionSpec("data"))` for the global batch;
+        with several processes each contributes its rows
+        (`jax.make_array_from_process_local_data`). None: the default device.
+
+    `get_state()` is the state of `batches` after the last batch *yielded* (batches in flight
+    are not counted), so a checkpoint taken between steps resumes at the next step.
+    """
+
+    def __init__(self, batches: Iterator[Batch], *, size: int = 2,
+                 sharding: jax.sharding.Sharding | None = None):
+        super().__init__()
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        self.batches, self.size, self.sharding = batches, size, sharding
+        self._queue: collections.deque = collections.deque()
+        self._done = False
+
+    def _fill(self) -> None:
+        while not self._done and len(self._queue) <= self.size:
+            # the state *at* a batch: resuming from it yields that batch
+            state = self.batches.get_state() if hasattr(self.batches, "get_state") else None
+            try:
+                host = next(self.batches)
+            except StopIteration:
+                self._done = True
+                return
+            self._queue.append((state, _put(host, self.sharding)))
+
+    def __next__(self) -> Batch:
+        self._assert_not_closed()
+        self._fill()
+        if not self._queue:
+            raise StopIteration
+        _, batch = self._queue.popleft()
+        self._fill()  # the copies of the next batches start while this one is used
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        if self._queue:
+            return self._queue[0][0]
+        return self.batches.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._queue.clear()
+        self._done = False
+        self.batches.set_state(state)
+
+    def close(self) -> None:
+        self._queue.clear()
+        if hasattr(self.batches, "close"):
+            self.batches.close()
+        super().close()
+
+
+# --- dataset statistics from the stream ------------------------------------------------------
+
+def image_batches(reader: HostReader, batch_size: int | None = None, *,
+                  process_index: int | None = None, process_count: int | None = None,
+                  options: StreamOptions = StreamOptions(), progress: bool = False,
+                  desc: str = "images") -> Iterator[np.ndarray]:
+    """This process's images in one pass, unshuffled, for `compute_stats` / `fit_scaling`.
+
+    Process p reads its slice of every (unshuffled, padded) global batch, padding dropped:
+    the processes' images are disjoint and together every image once, so per-process
+    statistics merge (`merge_stats`, `merge_stats_across_hosts`) into the whole dataset's.
+
+    Args:
+      reader: a host reader.
+      batch_size: global rows per step; default about 2M values per process step
+        (`statistics.auto_batch_size`), rounded to a multiple of the process count.
+      process_index, process_count: default jax's.
+      options: threads and workers.
+      progress: a tqdm bar over this process's images.
+
+    Yields:
+      uint8[b, H, W, C] batches (the last one shorter).
+    """
+    from jaxscale.statistics import auto_batch_size
+
+    index, count = _process(process_index, process_count)
+    if batch_size is None:
+        batch_size = count * max(1, auto_batch_size(reader.image_shape))
+    batches = stream(reader, batch_size, shuffle=False, drop_remainder=False, options=options,
+                     process_index=index, process_count=count)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        _, mask = batches._batches.epoch_rows(0)
+        bar = tqdm(total=int(mask.sum()), desc=desc, unit="img")
+    try:
+        for batch in batches:
+            images = batch.images if batch.mask.all() else batch.images[batch.mask]
+            if bar is not None:
+                bar.update(len(images))
+            if len(images):
+                yield images
+    finally:
+        batches.close()
+        if bar is not None:
+            bar.close()
+
+
+def reader_stats(reader: HostReader, *, scope: str = "channel", batch_size: int | None = None,
+                 process_index: int | None = None, process_count: int | None = None,
+                 options: StreamOptions = StreamOptions(), progress: bool = False,
+                 merge_hosts: bool = True):
+    """`compute_stats` of a reader's images in one streamed pass, merged across processes.
+
+    Each process streams its part (`image_batches`); with `merge_hosts` the per-process
+    statistics are merged with `merge_stats_across_hosts` (every process gets the global
+    ones). A process with no images contributes the empty statistics.
+
+    Returns:
+      DatasetStats with statistic shape [C], [H, W, C] or [].
+    """
+    from jaxscale.statistics import compute_stats, empty_stats_for, merge_stats_across_hosts
+
+    batches = image_batches(reader, batch_size, process_index=process_index,
+                            process_count=process_count, options=options, progress=progress,
+                            desc=f"stats ({scope})")
+    first = next(batches, None)
+    if first is None:
+        stats = empty_stats_for(reader.image_shape, scope=scope)
+    else:
+        stats = compute_stats(_chain(first, batches), scope=scope)
+    return merge_stats_across_hosts(stats) if merge_hosts else stats
+
+
+def _chain(first, rest: Iterable) -> Iterator:
+    yield first
+    yield from rest
