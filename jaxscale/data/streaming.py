@@ -703,6 +703,7 @@ class StreamIterator(grain.DatasetIterator):
                  options: StreamOptions = StreamOptions(), process_index: int = 0,
                  process_count: int = 1):
         super().__init__()
+        self._inner = None
         if num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
         if len(reader) != config.num_examples:
