@@ -274,24 +274,37 @@ def tfds_png_rows(*, repeats: int) -> list[dict]:
     return rows
 
 
+CASES = ("mnist", "cifar", "jpeg", "tfds")
+
+
 def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given", repeats: int = 5,
-        quick: bool = False, folder: Path | None = None, peers: bool = True) -> list[dict]:
-    """Every row: MNIST-shaped `images` (uint8[N, 28, 28, 1]) and `labels` as records,
-    CIFAR-shaped synthetic records, JPEG files with their peers, tfds PNG records.
+        quick: bool = False, folder: Path | None = None, peers: bool = True,
+        cases: tuple[str, ...] = CASES) -> list[dict]:
+    """Rows of `cases`: MNIST-shaped `images` (uint8[N, 28, 28, 1]) and `labels` as
+    records ("mnist"), CIFAR-shaped synthetic records ("cifar"), JPEG files with their peers
+    ("jpeg"), tfds' PNG records ("tfds").
 
     Files go to `folder` (default a temporary folder, removed afterwards)."""
     from jaxscale.datasets import synthetic_dataset
 
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise ValueError(f"unknown cases {unknown}; known: {CASES}")
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_streaming_", dir=folder) as tmp:
         tmp = Path(tmp)
-        rows = record_rows(images, labels, "mnist/records", source, tmp, repeats=repeats)
-        cifar = synthetic_dataset(10240 if quick else 50000, (32, 32, 3), 10, seed=1)
-        rows += record_rows(cifar.images, cifar.labels, "cifar/records",
-                            f"synthetic {len(cifar)} x 32x32x3", tmp, repeats=repeats)
-        del cifar
-        rows += jpeg_rows(tmp, count=1024 if quick else 2048, repeats=max(2, repeats - 2),
-                          peers=peers)
-        rows += tfds_png_rows(repeats=max(2, repeats - 2))
+        if "mnist" in cases:
+            rows += record_rows(images, labels, "mnist/records", source, tmp, repeats=repeats)
+        if "cifar" in cases:
+            cifar = synthetic_dataset(10240 if quick else 50000, (32, 32, 3), 10, seed=1)
+            rows += record_rows(cifar.images, cifar.labels, "cifar/records",
+                                f"synthetic {len(cifar)} x 32x32x3", tmp, repeats=repeats)
+            del cifar
+        if "jpeg" in cases:
+            rows += jpeg_rows(tmp, count=1024 if quick else 2048,
+                              repeats=max(2, repeats - 2), peers=peers)
+        if "tfds" in cases:
+            rows += tfds_png_rows(repeats=max(2, repeats - 2))
     return rows
 
 
@@ -320,13 +333,16 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--no-peers", action="store_true", help="skip Pillow and tf.data")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help="comma-separated subset of %(default)s")
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 5)
     data = bench_data.load_bench_data(num_examples=10240 if args.quick else 60000)
     meta = dict(load_average=os.getloadavg(), cores=_cores(), quick=args.quick,
                 data_source=data.source)
     rows = run(data.images, data.labels, source=data.source, repeats=repeats,
-               quick=args.quick, peers=not args.no_peers)
+               quick=args.quick, peers=not args.no_peers,
+               cases=tuple(c.strip() for c in args.cases.split(",") if c.strip()))
     meta["load_average_after"] = os.getloadavg()
     print(format_table(rows))
     print(f"load average before {meta['load_average']}, after {meta['load_average_after']} "

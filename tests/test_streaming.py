@@ -409,3 +409,19 @@ def test_real_tfds_source_reads_the_tfds_records(mnist_dir):
     assert images.any()
     again = pickle.loads(pickle.dumps(source))  # what a Grain worker process receives
     np.testing.assert_array_equal(again.read(rows)[0], images)
+
+
+# --- the benchmark's harness (no timing asserted) --------------------------------------------
+
+def test_benchmark_rows_on_tiny_input(tmp_path):
+    from benchmarks import bench_streaming
+
+    tiny = synthetic_dataset(600, (8, 8, 1), 10)
+    rows = bench_streaming.record_rows(
+        tiny.images, tiny.labels, "mnist/records", "synthetic", tmp_path, repeats=2,
+        option_sets=(streaming.StreamOptions(read_threads=1),))
+    (row,) = rows
+    assert row["name"] == "mnist/records (workers=0 threads=1)" and row["bar"] == 150_000
+    assert row["steps"] == 2 and len(row["seconds_repeats"]) == 2
+    assert row["images_per_s"] > 0 and row["images_per_cpu_s"] > 0 and row["peak_rss_mb"] > 0
+    assert "mnist/records (workers=0 threads=1)" in bench_streaming.format_table(rows)
