@@ -11,6 +11,11 @@ Issue 18's bars, at batch 256; a batch counts when its arrays are on the device
 - mnist/tfds-png: tfds' own ArrayRecord files (PNG in every record) through today's
   `pipeline.stream_batches` and through the Grain stream with worker processes.
 
+Beside the records: the same Grain stream over a `.npy` file mapped with `np.memmap`
+(`ArrayReader`; no per-record framing, hash or syscall: what ArrayRecord's per-record cost
+is) and tf.data reading the same raw records from TFRecord files the way tf.data users do
+(interleaved shards, a 10k shuffle buffer instead of a global shuffle).
+
 Every row gives the median images/s of its repeats with the spread, the startup (worker
 processes, first batches), images per CPU-second (this process and its workers together:
 the per-core cost whatever the parallelism), and host memory: the peak resident set of the
@@ -136,6 +141,7 @@ def stream_rows(reader, name: str, data: str, option_sets, *, steps: int, repeat
     rows = []
     per_epoch = len(reader) // BATCH_SIZE
     epochs = -(-(warmup + steps * repeats) // per_epoch)
+    streaming.epoch_order(SEED, 0, len(reader))  # compiled once, outside startup and RSS
     for options in option_sets:
         rows.append(time_batches(_stream(reader, options, epochs),
                                  name=f"{name} ({_describe(options)})", data=data,
@@ -150,15 +156,65 @@ RECORD_OPTIONS = (streaming.StreamOptions(worker_count=0, read_threads=2),
                   streaming.StreamOptions(worker_count=2, read_threads=1))
 
 
+def _tf_records(images: np.ndarray, labels: np.ndarray, stem: Path, shards: int = 4):
+    """tf.data's usual way with the same raw records in TFRecord files: shards interleaved,
+    a 10k-example shuffle buffer (not a global shuffle), batch, decode_raw, prefetch."""
+    import tensorflow as tf
+
+    image_bytes = int(np.prod(images.shape[1:]))
+    files = [f"{stem}-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
+    for i, path in enumerate(files):
+        start, stop = i * len(images) // shards, (i + 1) * len(images) // shards
+        with tf.io.TFRecordWriter(path) as writer:
+            for image, label in zip(images[start:stop], labels[start:stop]):
+                writer.write(image.tobytes() + np.int32(label).tobytes())
+
+    def decode(records):
+        raw = tf.io.decode_raw(records, tf.uint8)
+        batch_images = tf.reshape(raw[:, :image_bytes], (-1, *images.shape[1:]))
+        batch_labels = tf.bitcast(tf.reshape(raw[:, image_bytes:], (-1, 4)), tf.int32)
+        return batch_images, batch_labels
+
+    dataset = (tf.data.Dataset.from_tensor_slices(files)
+               .interleave(tf.data.TFRecordDataset, cycle_length=shards,
+                           num_parallel_calls=tf.data.AUTOTUNE)
+               .shuffle(10_000, seed=SEED).repeat()
+               .batch(BATCH_SIZE, drop_remainder=True)
+               .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+               .prefetch(tf.data.AUTOTUNE))
+    return lambda: streaming.DeviceIterator(dataset.as_numpy_iterator(), size=2)
+
+
 def record_rows(images: np.ndarray, labels: np.ndarray, name: str, data: str, folder: Path,
-                *, repeats: int, option_sets=RECORD_OPTIONS) -> list[dict]:
-    """Writes `images` as raw records (once) and streams them with each option set."""
-    paths = streaming.write_records(folder / name.replace("/", "-"),
-                                    (images, labels), num_shards=4, batch_size=8192)
+                *, repeats: int, option_sets=RECORD_OPTIONS, memmap: bool = True,
+                peers: bool = False) -> list[dict]:
+    """Writes `images` as raw records (once) and streams them with each option set; with
+    `memmap`, also from a `.npy` file through `ArrayReader(np.load(..., mmap_mode="r"))`
+    (the same Grain stream over a flat file: where ArrayRecord's per-record cost shows)."""
+    stem = folder / name.replace("/", "-")
+    paths = streaming.write_records(stem, (images, labels), num_shards=4, batch_size=8192)
     reader = streaming.RecordReader(paths)
     steps = len(reader) // BATCH_SIZE  # one epoch per repeat
-    return stream_rows(reader, name, data, option_sets, steps=steps, repeats=repeats,
+    rows = stream_rows(reader, name, data, option_sets, steps=steps, repeats=repeats,
                        warmup=20)
+    if memmap:
+        np.save(f"{stem}-images.npy", images)
+        mapped = streaming.ArrayReader(np.load(f"{stem}-images.npy", mmap_mode="r"),
+                                       np.asarray(labels, np.int32))
+        rows += stream_rows(mapped, f"{name.split('/')[0]}/memmap", data + ", .npy memmap",
+                            option_sets[:1], steps=steps, repeats=repeats, warmup=20)
+    if peers:
+        try:
+            make = _tf_records(images, labels, stem)
+        except ImportError as error:
+            rows.append(dict(bench="streaming", name=f"{name.split('/')[0]}/tf.data",
+                             status="n/a", why=f"{type(error).__name__}: {error}"))
+        else:
+            rows.append(time_batches(
+                make, name=f"{name.split('/')[0]}/tf.data-tfrecord", options="AUTOTUNE",
+                data=data + ", same raw records as TFRecord, 10k shuffle buffer",
+                num_examples=len(images), steps=steps, repeats=repeats, warmup=20))
+    return rows
 
 
 def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -294,11 +350,13 @@ def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given", repeat
     with tempfile.TemporaryDirectory(prefix="bench_streaming_", dir=folder) as tmp:
         tmp = Path(tmp)
         if "mnist" in cases:
-            rows += record_rows(images, labels, "mnist/records", source, tmp, repeats=repeats)
+            rows += record_rows(images, labels, "mnist/records", source, tmp, repeats=repeats,
+                                peers=peers)
         if "cifar" in cases:
             cifar = synthetic_dataset(10240 if quick else 50000, (32, 32, 3), 10, seed=1)
             rows += record_rows(cifar.images, cifar.labels, "cifar/records",
-                                f"synthetic {len(cifar)} x 32x32x3", tmp, repeats=repeats)
+                                f"synthetic {len(cifar)} x 32x32x3", tmp, repeats=repeats,
+                                peers=peers)
             del cifar
         if "jpeg" in cases:
             rows += jpeg_rows(tmp, count=1024 if quick else 2048,
