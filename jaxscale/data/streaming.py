@@ -604,7 +604,11 @@ class StreamOptions:
 
     Attributes:
       worker_count: Grain worker processes (`mp_prefetch`); 0 reads in this process. Workers
-        pay off when reading holds the GIL (decoding PNG records, small records).
+        pay off only when reading holds the GIL (tfds' PNG records, Python decoders): each
+        is an interpreter with jax of its own (~300 MB), gets a pickled copy of the reader
+        (an `ArrayReader` over in-memory arrays copies them: map a file instead) and
+        returns batches through shared memory. ArrayRecord reads and Pillow decodes release
+        the GIL, so threads serve them better.
       read_threads: threads per process, each reading whole batches (Grain `ReadOptions`);
         they overlap file reads and the GIL-free parts of decoding.
       buffer_size: batches each process keeps ready ahead of use.
