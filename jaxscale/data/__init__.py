@@ -1,1 +1,1 @@
-"""Data: datasets, the one data path (resident or streaming), readers and sharding."""
+"""Data: datasets on disk and in memory, and the one input pipeline (resident or streamed)."""
