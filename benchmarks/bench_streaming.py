@@ -8,8 +8,9 @@ Issue 18's bars, at batch 256; a batch counts when its arrays are on the device
 - cifar/records: CIFAR-10-shaped 32x32x3 records (synthetic). Bar: >= 80k images/s.
 - jpeg/*: 256x256 JPEG files decoded and resized (bilinear) to 224x224, ours beside a plain
   Pillow loop and tf.data on the same files, in the same order.
-- mnist/tfds-png: tfds' own ArrayRecord files (PNG in every record) through today's
-  `pipeline.stream_batches` and through the Grain stream with worker processes.
+- mnist/tfds-png: tfds' own ArrayRecord files (PNG in every record, `RecordSource`) through
+  the data path's thread-backed `HostSource` and through the Grain stream with 2 worker
+  processes (PNG decoding holds the GIL).
 
 Beside the records: the same Grain stream over a `.npy` file mapped with `np.memmap`
 (`ArrayReader`; no per-record framing, hash or syscall: what ArrayRecord's per-record cost
@@ -42,6 +43,7 @@ import numpy as np
 
 from benchmarks.timing import Timing
 from jaxscale.data import streaming
+from jaxscale.data.pipeline import ArrayReader
 
 BATCH_SIZE = 256
 SEED = 0
@@ -199,7 +201,7 @@ def record_rows(images: np.ndarray, labels: np.ndarray, name: str, data: str, fo
                        warmup=20)
     if memmap:
         np.save(f"{stem}-images.npy", images)
-        mapped = streaming.ArrayReader(np.load(f"{stem}-images.npy", mmap_mode="r"),
+        mapped = ArrayReader(np.load(f"{stem}-images.npy", mmap_mode="r"),
                                        np.asarray(labels, np.int32))
         rows += stream_rows(mapped, f"{name.split('/')[0]}/memmap", data + ", .npy memmap",
                             option_sets[:1], steps=steps, repeats=repeats, warmup=20)
@@ -297,32 +299,32 @@ def jpeg_rows(folder: Path, *, count: int, repeats: int, peers: bool = True) -> 
 
 
 def tfds_png_rows(*, repeats: int) -> list[dict]:
-    """tfds' MNIST ArrayRecord files (a PNG per record): today's stream_batches, and the
+    """tfds' MNIST ArrayRecord files (a PNG per record): the data path's HostSource, and the
     Grain stream decoding in 2 worker processes. Empty without tfds or real MNIST."""
-    from benchmarks.bench_pipeline import _mnist_folder
-    from jaxscale import pipeline
-    from jaxscale.datasets import load_data_source
+    from benchmarks.data import candidate_dirs
+    from jaxscale.data.datasets import load_data_source
+    from jaxscale.data.pipeline import HostSource
 
-    folder = _mnist_folder()
+    folder = next((d for d in candidate_dirs(None)
+                   if (d / "train-images-idx3-ubyte.gz").exists()), None)
     if folder is None:
         return []
     try:
-        source = load_data_source("mnist", "train", data_dir=folder)
-        reader = streaming.tfds_reader("mnist", "train", data_dir=folder)
+        reader = load_data_source("mnist", "train", data_dir=folder)
     except ImportError:
         return []
     data = "mnist (real, tfds ArrayRecord files, PNG records)"
     steps = 40
 
-    def today():
+    def host_source():
         def pairs():
-            while True:
-                for batch in pipeline.stream_batches(source, BATCH_SIZE, seed=SEED):
+            for epoch in range(1000):
+                for batch in HostSource(reader).batches(SEED, epoch, BATCH_SIZE):
                     yield batch.images, batch.labels
         return pairs()
 
-    rows = [time_batches(today, name="mnist/tfds-png (pipeline.stream_batches)", data=data,
-                         num_examples=len(source), steps=steps, repeats=repeats, warmup=3,
+    rows = [time_batches(host_source, name="mnist/tfds-png (HostSource)", data=data,
+                         num_examples=len(reader), steps=steps, repeats=repeats, warmup=3,
                          options="1 thread")]
     rows += stream_rows(reader, "mnist/tfds-png", data,
                         (streaming.StreamOptions(worker_count=2, read_threads=1),),
@@ -341,7 +343,7 @@ def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given", repeat
     ("jpeg"), tfds' PNG records ("tfds").
 
     Files go to `folder` (default a temporary folder, removed afterwards)."""
-    from jaxscale.datasets import synthetic_dataset
+    from jaxscale.data.datasets import synthetic_dataset
 
     unknown = sorted(set(cases) - set(CASES))
     if unknown:

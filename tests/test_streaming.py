@@ -9,9 +9,13 @@ import pytest
 
 pytest.importorskip("grain")
 
-from jaxscale import pipeline, scaling, statistics  # noqa: E402
+from jaxscale import scaling, statistics  # noqa: E402
 from jaxscale.data import streaming  # noqa: E402
-from jaxscale.datasets import DatasetFileError, load_dataset, synthetic_dataset  # noqa: E402
+from jaxscale.data.datasets import (DatasetFileError, RecordSource, load_data_source,  # noqa: E402
+                                    load_dataset, synthetic_dataset)
+from jaxscale.data.pipeline import (ArrayReader, HostSource, ResidentSource,  # noqa: E402
+                                    epoch_batches, epoch_order)
+from jaxscale.data.sharding import Placement, process_rows  # noqa: E402
 
 # float32 unit roundoff: the error unit of every float32 statistic below.
 U32 = 2.0 ** -24
@@ -25,7 +29,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def reader(data):
-    return streaming.ArrayReader.from_dataset(data)
+    return ArrayReader(data.images, data.labels, data.num_classes)
 
 
 @pytest.fixture(scope="module")
@@ -46,30 +50,16 @@ def assert_same_batches(got, expected):
 
 
 def gathered(data, batch_size, *, seed, epochs, shuffle=True, drop_remainder=True):
-    """The batches of the resident path: its epoch order, rows gathered from the arrays."""
+    """The batches of the one data path: its epoch order, rows gathered from the arrays."""
     out = []
     for epoch in range(epochs):
-        rows, mask = pipeline.host_epoch_indices(seed, epoch, len(data), batch_size,
-                                                 shuffle=shuffle, drop_remainder=drop_remainder)
+        rows, mask = epoch_batches(epoch_order(seed, epoch, len(data), shuffle=shuffle),
+                                   batch_size, drop_remainder=drop_remainder)
         out += [(data.images[r], data.labels[r], m) for r, m in zip(rows, mask)]
     return out
 
 
 # --- order -----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("seed,epoch,n", [(0, 0, 203), (3, 5, 1000), (2**31 - 1, 1, 7)])
-def test_epoch_order_is_the_resident_paths_order(seed, epoch, n):
-    order = streaming.epoch_order(seed, epoch, n)
-    assert order.dtype == np.int32
-    np.testing.assert_array_equal(np.sort(order), np.arange(n))
-    rows, mask = pipeline.host_epoch_indices(seed, epoch, n, 1)
-    np.testing.assert_array_equal(order, rows[:, 0])
-    for drop in (True, False) if n >= 4 else (False,):
-        got = streaming.epoch_batches(order, 4, drop_remainder=drop)
-        want = pipeline.host_epoch_indices(seed, epoch, n, 4, drop_remainder=drop)
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
-
 
 @pytest.mark.parametrize("drop_remainder", [True, False])
 @pytest.mark.parametrize("shuffle", [True, False])
@@ -79,6 +69,26 @@ def test_stream_equals_gathering_the_arrays_in_epoch_order(data, reader, drop_re
                                 drop_remainder=drop_remainder))
     assert_same_batches(got, gathered(data, 16, seed=7, epochs=2, shuffle=shuffle,
                                       drop_remainder=drop_remainder))
+
+
+def test_stream_equals_the_resident_source(data, reader):
+    resident = ResidentSource(data)
+    expected = [b for epoch in range(2) for b in resident.batches(
+        11, epoch, 16, drop_remainder=False)]
+    got = streaming.stream(reader, 16, seed=11, num_epochs=2, drop_remainder=False)
+    assert_same_batches(host(got), host(expected))
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 5])
+def test_chunks_are_the_host_sources_chunks(data, reader, steps_per_call):
+    # 12 steps per epoch: chunks of 5 are 5, 5, 2 and never cross the end of an epoch
+    got = host(streaming.stream(reader, 16, seed=2, num_epochs=2, drop_remainder=False,
+                                steps_per_call=steps_per_call))
+    source = HostSource(reader)
+    expected = host(chunk for epoch in range(2) for chunk in source.epoch(
+        2, epoch, 16, drop_remainder=False, steps_per_call=steps_per_call))
+    assert [c[2].shape[0] for c in got] == [c[2].shape[0] for c in expected]
+    assert_same_batches(got, expected)
 
 
 def test_worker_processes_and_threads_do_not_change_the_batches(data, record_files):
@@ -106,17 +116,16 @@ def test_process_parts_are_the_global_batches(data, reader, process_count):
             joined = np.concatenate([part[step][field] for part in parts])
             np.testing.assert_array_equal(joined, batch[field])
     # the shards of an epoch are disjoint and cover every example once
-    rows, mask = streaming._EpochBatches(
-        reader, streaming.StreamConfig(len(reader), 16, 1, drop_remainder=False), 1, 0, 1
-    ).epoch_rows(0)
-    per_process = [streaming.process_rows(rows, p, process_count)[
-        streaming.process_rows(mask, p, process_count)] for p in range(process_count)]
+    rows, mask = epoch_batches(epoch_order(1, 0, len(reader)), 16)
+    per_process = [process_rows(rows, process_index=p, process_count=process_count)[
+        process_rows(mask, process_index=p, process_count=process_count)]
+        for p in range(process_count)]
     union = np.concatenate(per_process)
     np.testing.assert_array_equal(np.sort(union), np.arange(len(reader)))
 
 
 def test_batch_size_must_split_over_processes(reader):
-    with pytest.raises(ValueError, match="global batch size 10 does not split over 4"):
+    with pytest.raises(ValueError, match="batch of 10 rows does not split over 4"):
         streaming.stream(reader, 10, process_index=0, process_count=4)
     with pytest.raises(ValueError, match="both process_index and process_count"):
         streaming.stream(reader, 10, process_index=0)
@@ -136,6 +145,20 @@ def test_resume_mid_epoch_is_exact(data, reader, stop_after):
                                options=streaming.StreamOptions(read_threads=0))
     resumed.set_state(state)
     assert_same_batches(head + host(resumed), expected)
+
+
+def test_resume_inside_a_chunk_with_another_chunk_size(data, reader):
+    expected = gathered(data, 16, seed=6, epochs=2)
+    first = streaming.stream(reader, 16, seed=6, num_epochs=2, steps_per_call=4)
+    head = host(next(first) for _ in range(2))  # steps 0-3 and 4-7
+    state = first.get_state()
+    assert (state["epoch"], state["step"]) == (0, 8)
+    resumed = streaming.stream(reader, 16, seed=6, num_epochs=2, steps_per_call=5)
+    resumed.set_state(dict(state, step=6))  # resume two steps back, inside the last chunk
+    tail = host(resumed)
+    assert [c[2].shape[0] for c in tail] == [5, 1, 5, 5, 2]  # the chunk grid starts at 6
+    unchunk = lambda chunks: [tuple(x[i] for x in c) for c in chunks for i in range(len(c[2]))]
+    assert_same_batches(unchunk(head)[:6] + unchunk(tail), expected)
 
 
 def test_device_iterator_state_counts_yielded_batches_only(data, reader):
@@ -187,6 +210,24 @@ def test_device_iterator_places_batches_with_a_sharding(data, reader):
     assert all(isinstance(b.images, jax.Array) and b.images.sharding == sharding
                for b in batches)
     assert_same_batches(host(batches), gathered(data, batch_size, seed=4, epochs=1))
+
+
+@pytest.mark.parametrize("kind", ["single", "mesh", "pmap"])
+def test_device_iterator_places_chunks_as_the_trainer_does(data, reader, kind):
+    placement = Placement.create(kind)
+    batch_size = 2 * placement.count
+    stream = streaming.stream(reader, batch_size, seed=8, steps_per_call=3)
+    placed = list(streaming.DeviceIterator(stream, placement=placement))
+    expected = host(streaming.stream(reader, batch_size, seed=8, steps_per_call=3))
+    assert len(placed) == len(expected)
+    for chunk, want in zip(placed, expected):
+        want = placement.split_rows(want)  # the layout HostSource hands the compiled step
+        for x, y in zip(chunk, want):
+            assert x.sharding == y.sharding
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(ValueError, match="not both"):
+        streaming.DeviceIterator(stream, placement=placement, sharding=placement.replicated
+                                 if kind == "mesh" else object())
 
 
 # --- record files ----------------------------------------------------------------------------
@@ -261,27 +302,30 @@ def test_files_that_are_not_raw_records_are_refused(tmp_path, data):
         streaming.RecordReader(str(tmp_path / "nothing-*"))
 
 
-def test_reader_errors_name_the_bad_input(reader):
+def test_reader_errors_name_the_bad_input(reader, record_files):
     with pytest.raises(ValueError, match="row 203 is outside"):
-        reader.read(np.array([0, 203]))
-    with pytest.raises(ValueError, match="uint8"):
-        streaming.ArrayReader(np.zeros((3, 2, 2, 1), np.float32), np.zeros(3))
+        streaming.RecordReader(record_files).read(np.array([0, 203]))
     with pytest.raises(ValueError, match="num_epochs"):
         streaming.stream(reader, 16, num_epochs=0)
+    with pytest.raises(ValueError, match="steps_per_call"):
+        streaming.stream(reader, 16, steps_per_call=0)
 
 
 # --- tfds sources and image files ------------------------------------------------------------
 
-def test_tfds_data_source_reader_and_conversion_to_raw_records(tmp_path):
+def test_tfds_data_source_streams_and_converts_to_raw_records(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=24):
         source = tfds.data_source("mnist", split="train")
         # tfds' mock gives the data source a `__getitems__` that cannot be called (it is an
         # unbound partial); the real one reads the keys in one batched call
         source.data_source.__getitems__ = lambda keys: [source.data_source[k] for k in keys]
-        tfds_reader = streaming.TfdsReader(source)
-        assert (len(tfds_reader), tfds_reader.image_shape, tfds_reader.num_classes) == (
-            24, (28, 28, 1), 10)
+        tfds_reader = RecordSource(source, "image", "label", "mnist", "train", 10, (28, 28, 1))
+        batches = host(streaming.stream(tfds_reader, 8, seed=1))
+        assert len(batches) == 3
+        first = epoch_order(1, 0, 24)[:8]
+        for i, row in enumerate(first):
+            np.testing.assert_array_equal(batches[0][0][i], source[int(row)]["image"])
         rows = np.array([5, 0, 23, 5])
         images, labels = tfds_reader.read(rows)
         for i, row in enumerate(rows):
@@ -380,7 +424,7 @@ def test_per_host_statistics_merge_into_the_whole(data, reader):
 
 
 def test_a_host_without_images_contributes_empty_statistics():
-    tiny = streaming.ArrayReader(np.full((2, 3, 3, 1), 9, np.uint8), np.zeros(2, np.int32))
+    tiny = ArrayReader(np.full((2, 3, 3, 1), 9, np.uint8), np.zeros(2, np.int32))
     stats = streaming.reader_stats(tiny, batch_size=4, process_index=3, process_count=4,
                                    merge_hosts=False)
     assert int(stats.count) == 0
@@ -399,11 +443,11 @@ def test_real_mnist_raw_records_stream_the_arrays(mnist_dir, tmp_path):
     assert_same_batches(head, gathered(mnist, 256, seed=0, epochs=1)[:20])
 
 
-def test_real_tfds_source_reads_the_tfds_records(mnist_dir):
+def test_real_tfds_source_pickles_for_worker_processes(mnist_dir):
     pytest.importorskip("tensorflow_datasets")
     import pickle
 
-    source = streaming.tfds_reader("mnist", "test", data_dir=mnist_dir)
+    source = load_data_source("mnist", "test", data_dir=mnist_dir)
     assert (len(source), source.image_shape, source.num_classes) == (10000, (28, 28, 1), 10)
     rows = np.array([0, 9999, 17])
     images, labels = source.read(rows)

@@ -1,40 +1,39 @@
-"""Streaming input for data that does not fit on the device: host readers and a Grain pipeline.
+"""Streaming input for data that does not fit on the device: readers and a Grain pipeline.
 
-A *host reader* gives random access to a dataset without holding it in memory:
-`len(reader)`, `reader.image_shape` (H, W, C), `reader.num_classes` and
-`reader.read(rows) -> (uint8[B, H, W, C], int32[B])`, reading only those rows. Readers here:
+Readers (`jaxscale.data.pipeline.Reader`: `len`, `image_shape`, `num_classes`,
+`read(rows) -> (uint8[B, H, W, C], int32[B])` reading only those rows) beside the data path's
+own `ArrayReader` (in-memory or `np.memmap` arrays) and `datasets.RecordSource` (tfds'
+ArrayRecord files as `tfds.data_source` prepares them, PNG decoded per read):
 
-- `ArrayReader`: in-memory or `np.memmap` arrays.
 - `RecordReader`: ArrayRecord files of raw uint8 records written by `write_records` (decoded
-  once, so an epoch costs a file read and a copy per image, no PNG/JPEG decode). Every file
-  carries a header (shape, dtype, shard, counts) checked when it is opened, and Riegeli checks
-  a hash of every chunk it reads, so a corrupt or truncated file raises `RecordFileError`
-  naming the file, never a short epoch.
-- `TfdsReader`: tfds ArrayRecord data sources as tfds prepares them (`tfds.data_source`,
-  `file_format="array_record"`), decoding each record on the host.
+  once, e.g. from a `RecordSource`, so an epoch costs a file read and a copy per image).
+  Every file carries a header (shape, dtype, shard, counts) checked when it is opened, and
+  Riegeli checks a hash of every chunk it reads, so a corrupt or truncated file raises
+  `RecordFileError` naming the file, never a short epoch.
 - `ImageFileReader`: image files (PNG/JPEG/...) decoded and resized on the host by a
-  pluggable `decode(path, image_shape)` function.
+  pluggable `decode(path, image_shape)` (the decoder of `flow_from_directory` plugs in).
 
-`stream(reader, batch_size, ...)` turns a reader into the batches of the global epoch order
-with Grain: element k of the Grain `MapDataset` is global batch k (epoch k // S, step k % S),
-read with one `reader.read` call of B rows, so Python overhead is per batch, not per image.
-The order of an epoch is `epoch_order(seed, epoch, N)`, the same on every host, for every
-worker count and for the device-resident path; process p of P reads only its contiguous slice
-`rows[p*B/P:(p+1)*B/P]` of each global batch, so a P-process run sees the 1-process run's
-global batches, and every process runs the same number of steps (nobody waits for a host
-whose shard ran out). Grain's worker processes (`mp_prefetch`) take batches k = i mod W and
-are interleaved back in order, so the worker count never changes the batches.
+`stream(reader, batch_size, ...)` reads the batches of the global epoch order with Grain:
+element i of its `MapDataset` is one batch (or a chunk of `steps_per_call` batches) read with
+one `reader.read` call, so Python overhead is per batch, not per image. Epoch e's order is
+`epoch_order(seed, e, N)` cut by `epoch_batches`, as for the resident path; process p of P
+reads only `process_rows` (its contiguous slice rows[p*B/P:(p+1)*B/P]) of each global batch,
+so a P-process run sees the 1-process run's global batches and every process runs the same
+number of steps (nobody waits for a host whose shard ran out). Grain's worker processes
+(`mp_prefetch`) take elements i = w mod W and are interleaved back in order, so the worker
+count never changes the batches; one iterator runs through all epochs, so workers start once.
 
-The iterator's state is the position of the next batch, `{"epoch", "step"}` plus the fields
-that define the order (seed, batch size, ...); `set_state` resumes exactly there, whatever
-the worker or process count. `StreamIterator` is a `grain.DatasetIterator`, so Grain's
-orbax handler (`grain.checkpoint.CheckpointSave/CheckpointRestore`) saves it in an orbax
-checkpoint beside the train state. `DeviceIterator` puts batches on the device a few ahead
-(with an optional `NamedSharding`; multi-process via `jax.make_array_from_process_local_data`)
-and reports the state of the batches it has *yielded*, not of the ones in flight.
+The iterator's state is the step of the next batch, `{"epoch", "step"}` with the fields that
+define the order (seed, batch size, ...); `set_state` resumes exactly there, whatever the
+worker count, process count or chunk size. `StreamIterator` is a `grain.DatasetIterator`, so
+Grain's orbax handler (`grain.checkpoint.CheckpointSave/CheckpointRestore`) saves it in an
+orbax checkpoint beside the train state. `DeviceIterator` puts elements on the device(s) a
+few ahead (a `Placement` for chunks, or a `NamedSharding` for batches; several processes
+assemble the global batch with `jax.make_array_from_process_local_data`) and reports the
+state of what it has *yielded*, not of what is in flight.
 
-Host memory holds only the batches in flight: about `(worker_count or 1) * (read_threads +
-buffer_size)` host batches plus `DeviceIterator`'s `size` device batches.
+Host memory holds only the elements in flight: about `(worker_count or 1) * (read_threads +
+buffer_size)` host elements plus `DeviceIterator`'s `size` device elements.
 """
 
 from __future__ import annotations
@@ -46,13 +45,15 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
 
-from jaxscale.datasets import DatasetFileError
-from jaxscale.pipeline import Batch
+from jaxscale.data.datasets import DatasetFileError
+from jaxscale.data.pipeline import (Batch, Reader, as_reader, epoch_batches, epoch_order,
+                                    steps_per_epoch)
+from jaxscale.data.sharding import process_rows
 
 try:
     import grain
@@ -61,70 +62,7 @@ except ImportError as err:  # grain needs Python >= 3.11
                       "Python >= 3.11)") from err
 
 
-# --- the order of an epoch -------------------------------------------------------------------
-# These three are the shared primitives of the data path; they move to
-# jaxscale.data.pipeline when it lands (same definitions).
-
-def epoch_order(seed: int, epoch: int, num_examples: int, *, shuffle: bool = True
-                ) -> np.ndarray:
-    """int32[N]: the example order of one epoch, identical on every host/backend (computed on
-    the CPU device with jax.random.permutation(fold_in(PRNGKey(seed), epoch), N))."""
-    if not shuffle:
-        return np.arange(num_examples, dtype=np.int32)
-    with jax.default_device(jax.devices("cpu")[0]):
-        key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
-        return np.asarray(jax.random.permutation(key, num_examples)).astype(np.int32)
-
-
-def epoch_batches(order: np.ndarray, batch_size: int, *, drop_remainder: bool
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(rows int32[S, B], mask bool[S, B]): `order` cut into batches of B. The last N mod B
-    rows are dropped, or padded with row 0 and mask False (every batch has the same shape)."""
-    n = len(order)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if drop_remainder:
-        if n < batch_size:
-            raise ValueError(f"drop_remainder with {n} examples < batch_size {batch_size} "
-                             "leaves no batch")
-        steps = n // batch_size
-        return (np.asarray(order[:steps * batch_size], np.int32).reshape(steps, batch_size),
-                np.ones((steps, batch_size), bool))
-    steps = -(-n // batch_size)
-    rows = np.zeros(steps * batch_size, np.int32)
-    rows[:n] = order
-    mask = np.arange(steps * batch_size) < n
-    return rows.reshape(steps, batch_size), mask.reshape(steps, batch_size)
-
-
-def process_rows(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
-    """This process's contiguous slice of every global batch: rows[..., p*B/P:(p+1)*B/P]."""
-    batch_size = rows.shape[-1]
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, process_count={process_count}), got "
-                         f"{process_index}")
-    if batch_size % process_count:
-        raise ValueError(f"global batch size {batch_size} does not split over "
-                         f"{process_count} processes")
-    per = batch_size // process_count
-    return rows[..., process_index * per:(process_index + 1) * per]
-
-
 # --- host readers ----------------------------------------------------------------------------
-
-@runtime_checkable
-class HostReader(Protocol):
-    """Random access to a labelled image dataset on the host, reading only the rows asked."""
-
-    image_shape: tuple[int, int, int]
-    num_classes: int
-
-    def __len__(self) -> int: ...
-
-    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(images uint8[B, H, W, C], labels int32[B]) of `rows` (int[B], in [0, N))."""
-        ...
-
 
 class RecordFileError(DatasetFileError):
     """A record file is missing, truncated, corrupt, or not what its header says."""
@@ -147,39 +85,6 @@ def _check_image_shape(image_shape) -> tuple[int, int, int]:
     return shape
 
 
-class ArrayReader:
-    """A host reader over arrays: in memory, or `np.memmap` (only the rows read are paged in).
-
-    Args:
-      images: uint8[N, H, W, C], anything supporting integer-array indexing.
-      labels: int[N].
-      num_classes: default `labels.max() + 1`.
-    """
-
-    def __init__(self, images, labels, num_classes: int | None = None):
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(f"ArrayReader images must be uint8[N, H, W, C], got "
-                             f"{images.dtype}{list(images.shape)}")
-        if np.shape(labels) != (images.shape[0],):
-            raise ValueError(f"ArrayReader labels must be [N] with N = {images.shape[0]}, got "
-                             f"shape {np.shape(labels)}")
-        self.images, self.labels = images, labels
-        self.image_shape = tuple(int(d) for d in images.shape[1:])
-        self.num_classes = int(np.max(labels)) + 1 if num_classes is None else int(num_classes)
-
-    @classmethod
-    def from_dataset(cls, dataset) -> "ArrayReader":
-        """A reader over a `jaxscale.datasets.Dataset`."""
-        return cls(dataset.images, dataset.labels, dataset.num_classes)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
-        rows = _check_rows(rows, len(self), "ArrayReader")
-        return np.asarray(self.images[rows]), np.asarray(self.labels[rows]).astype(np.int32)
-
-
 # Raw records: one record per example, the image's H*W*C bytes then its int32 label (little
 # endian); record 0 of every file is a JSON header. Written uncompressed, one record per chunk
 # (`group_size:1`): random access reads one chunk per example and decodes nothing.
@@ -199,23 +104,14 @@ def record_paths(prefix: str | Path, num_shards: int) -> list[Path]:
             for i in range(num_shards)]
 
 
-def _as_reader(data) -> HostReader:
-    if isinstance(data, HostReader):
-        return data
-    if hasattr(data, "images") and hasattr(data, "labels"):
-        return ArrayReader.from_dataset(data)
-    images, labels = data
-    return ArrayReader(np.asarray(images), np.asarray(labels))
-
-
 def write_records(prefix: str | Path, data, *, num_shards: int = 1, batch_size: int = 1024,
                   options: str = WRITER_OPTIONS, progress: bool = False) -> list[Path]:
     """Writes a dataset as ArrayRecord files of raw uint8 records (decoded once, read fast).
 
     Args:
       prefix: path prefix; files are `record_paths(prefix, num_shards)` (folders are made).
-      data: a host reader (e.g. `tfds_reader("mnist")`, which decodes every PNG once here), a
-        `jaxscale.datasets.Dataset`, or a pair (images uint8[N, H, W, C], labels int[N]).
+      data: a `Reader` (e.g. `datasets.load_data_source("mnist")`, whose PNG records are
+        decoded once here), a `Dataset`, or a pair (images uint8[N, H, W, C], labels int[N]).
         Read `batch_size` rows at a time, so a reader's dataset never sits in memory.
       num_shards: files; shard i holds the contiguous rows [i*N//n, (i+1)*N//n).
       options: ArrayRecord writer options (keep `group_size:1` for random access).
@@ -227,7 +123,7 @@ def write_records(prefix: str | Path, data, *, num_shards: int = 1, batch_size: 
     """
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    reader = _as_reader(data)
+    reader = as_reader(data)
     n = len(reader)
     if num_shards < 1 or n < num_shards:
         raise ValueError(f"need 1 <= num_shards <= {n} examples, got num_shards={num_shards}")
@@ -441,67 +337,6 @@ class RecordReader:
         return np.ascontiguousarray(images), labels.astype(np.int32)
 
 
-class TfdsReader:
-    """A host reader over a tfds data source (tfds' ArrayRecord files), decoding on the host.
-
-    Args:
-      source: a tfds data source, e.g. `tfds.data_source("mnist", split="train")` or
-        `builder.as_data_source(split)`; anything with `__len__` and `__getitems__(keys)`
-        returning feature dicts, and a `dataset_info` unless the keys and shapes are given.
-      image_key, label_key: feature names; default the dataset's supervised keys.
-      image_shape, num_classes: default from the dataset's features.
-
-    tfds' MNIST/CIFAR records hold PNG: each read decodes every image again. To stream an
-    epoch fast, convert once with `write_records(prefix, TfdsReader(...))` and read the raw
-    files with `RecordReader`.
-    """
-
-    def __init__(self, source, *, image_key: str | None = None, label_key: str | None = None,
-                 image_shape: tuple[int, int, int] | None = None,
-                 num_classes: int | None = None):
-        info = getattr(source, "dataset_info", None)
-        if image_key is None or label_key is None:
-            keys = getattr(info, "supervised_keys", None)
-            if not keys or len(keys) != 2:
-                raise ValueError("TfdsReader needs image_key and label_key: the source has no "
-                                 "(image, label) supervised keys")
-            image_key = image_key or keys[0]
-            label_key = label_key or keys[1]
-        if image_shape is None:
-            image_shape = info.features[image_key].shape
-        if num_classes is None:
-            num_classes = info.features[label_key].num_classes
-        if None in tuple(image_shape):
-            raise ValueError(f"{image_key} has shape {tuple(image_shape)}; TfdsReader needs a "
-                             "fixed (H, W, C) (use ImageFileReader-style resizing for others)")
-        self.source, self.image_key, self.label_key = source, image_key, label_key
-        self.image_shape = _check_image_shape(image_shape)
-        self.num_classes = int(num_classes)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
-        rows = _check_rows(rows, len(self), "TfdsReader")
-        records = self.source.__getitems__(rows.tolist())
-        images = np.empty((len(rows), *self.image_shape), np.uint8)
-        for i, record in enumerate(records):  # tfds hands back one decoded dict per record
-            images[i] = np.asarray(record[self.image_key]).reshape(self.image_shape)
-        labels = np.fromiter((record[self.label_key] for record in records), np.int32,
-                             len(records))
-        return images, labels
-
-
-def tfds_reader(name: str, split: str = "train", *, data_dir: str | Path | None = None
-                ) -> TfdsReader:
-    """`TfdsReader` over one split of a tfds dataset, prepared once as ArrayRecord files
-    (offline from `data_dir` as `jaxscale.datasets.load_dataset` does)."""
-    from jaxscale.datasets import tfds_builder
-
-    builder = tfds_builder(name, data_dir, file_format="array_record")
-    return TfdsReader(builder.as_data_source(split=split))
-
-
 _PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
@@ -575,7 +410,7 @@ class StreamConfig:
       seed: the order of epoch e is `epoch_order(seed, e, N)`.
       shuffle: False reads rows 0..N-1 in order.
       drop_remainder: drop the last N mod B examples of each epoch's order; else the last
-        batch is padded with row 0 and mask False.
+        batch is padded (`epoch_batches`) and its padding rows are masked.
     """
 
     num_examples: int
@@ -594,8 +429,8 @@ class StreamConfig:
 
     @property
     def steps_per_epoch(self) -> int:
-        n, b = self.num_examples, self.batch_size
-        return n // b if self.drop_remainder else -(-n // b)
+        return steps_per_epoch(self.num_examples, self.batch_size,
+                               drop_remainder=self.drop_remainder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -609,9 +444,9 @@ class StreamOptions:
         (an `ArrayReader` over in-memory arrays copies them: map a file instead) and
         returns batches through shared memory. ArrayRecord reads and Pillow decodes release
         the GIL, so threads serve them better.
-      read_threads: threads per process, each reading whole batches (Grain `ReadOptions`);
+      read_threads: threads per process, each reading whole elements (Grain `ReadOptions`);
         they overlap file reads and the GIL-free parts of decoding.
-      buffer_size: batches each process keeps ready ahead of use.
+      buffer_size: elements each process keeps ready ahead of use.
     """
 
     worker_count: int = 0
@@ -624,13 +459,18 @@ class StreamOptions:
                              f"got {self}")
 
 
-class _EpochBatches:
-    """Grain data source whose element k is this process's part of global batch k of
-    `num_epochs` epochs (epoch k // S, step k % S), read with one `reader.read` call."""
+class _Spans:
+    """Grain data source of a stream from global step `start` to the end of `num_epochs`
+    epochs: element i is this process's part of the steps of span i, a run of up to
+    `steps_per_call` steps that never crosses the end of an epoch, read with one
+    `reader.read` call. `chunked`: elements are chunks [k, B/P, ...]; else single batches
+    [B/P, ...] (one step per span)."""
 
-    def __init__(self, reader: HostReader, config: StreamConfig, num_epochs: int,
-                 process_index: int, process_count: int):
-        self.reader, self.config, self.num_epochs = reader, config, num_epochs
+    def __init__(self, reader: Reader, config: StreamConfig, *, start: int, num_epochs: int,
+                 steps_per_call: int, chunked: bool, process_index: int, process_count: int):
+        self.reader, self.config = reader, config
+        self.start, self.num_epochs = start, num_epochs
+        self.steps_per_call, self.chunked = steps_per_call, chunked
         self.process_index, self.process_count = process_index, process_count
         self._cache: dict = {}
         self._lock = threading.Lock()
@@ -645,32 +485,56 @@ class _EpochBatches:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def _first_epoch(self) -> tuple[int, int, int, int]:
+        """(epoch, step) of `start`, spans left in that epoch, spans in a whole epoch."""
+        steps, per = self.config.steps_per_epoch, self.steps_per_call
+        epoch, step = divmod(self.start, steps)
+        return epoch, step, -(-(steps - step) // per), -(-steps // per)
+
     def __len__(self) -> int:
-        return self.num_epochs * self.config.steps_per_epoch
+        epoch, _, first, whole = self._first_epoch()
+        return 0 if epoch >= self.num_epochs else first + (self.num_epochs - epoch - 1) * whole
+
+    def span(self, index: int) -> tuple[int, int, int]:
+        """(epoch, first step, end step) of element `index`."""
+        steps, per = self.config.steps_per_epoch, self.steps_per_call
+        epoch, step, first, whole = self._first_epoch()
+        if index >= first:
+            extra, index = divmod(index - first, whole)
+            epoch, step = epoch + 1 + extra, 0
+        begin = step + index * per
+        return epoch, begin, min(begin + per, steps)
 
     def epoch_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows int32[S, B/P], mask bool[S, B/P]) this process reads in `epoch`."""
         with self._lock:  # several threads reach a new epoch together; compute it once
             if epoch not in self._cache:
                 c = self.config
-                order = epoch_order(c.seed, epoch, c.num_examples, shuffle=c.shuffle)
-                rows, mask = epoch_batches(order, c.batch_size, drop_remainder=c.drop_remainder)
+                rows, mask = epoch_batches(
+                    epoch_order(c.seed, epoch, c.num_examples, shuffle=c.shuffle),
+                    c.batch_size, drop_remainder=c.drop_remainder)
+                process = dict(process_index=self.process_index,
+                               process_count=self.process_count)
                 self._cache = {e: v for e, v in self._cache.items() if e == epoch - 1}
-                self._cache[epoch] = (
-                    process_rows(rows, self.process_index, self.process_count),
-                    process_rows(mask, self.process_index, self.process_count))
+                self._cache[epoch] = (process_rows(rows, **process),
+                                      process_rows(mask, **process))
             return self._cache[epoch]
 
     def __getitem__(self, index) -> Batch:
-        epoch, step = divmod(int(index), self.config.steps_per_epoch)
+        epoch, begin, end = self.span(int(index))
         rows, mask = self.epoch_rows(epoch)
-        images, labels = self.reader.read(rows[step])
-        if images.shape != (len(rows[step]), *self.reader.image_shape) or (
-                images.dtype != np.uint8):
+        rows, mask = rows[begin:end], mask[begin:end]
+        images, labels = self.reader.read(rows.reshape(-1))
+        shape = self.reader.image_shape
+        if images.shape != (rows.size, *shape) or images.dtype != np.uint8:
             raise ValueError(f"{type(self.reader).__name__}.read gave images "
                              f"{images.dtype}{list(images.shape)}, expected uint8"
-                             f"{[len(rows[step]), *self.reader.image_shape]}")
-        return Batch(images, np.asarray(labels, np.int32), mask[step])
+                             f"{[rows.size, *shape]}")
+        images = images.reshape(*rows.shape, *shape)
+        labels = np.asarray(labels, np.int32).reshape(rows.shape)
+        if self.chunked:
+            return Batch(images, labels, mask)
+        return Batch(images[0], labels[0], mask[0])
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
@@ -700,30 +564,35 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
 class StreamIterator(grain.DatasetIterator):
     """This process's part of the global batches of `num_epochs` epochs, read by Grain.
 
-    Yields `Batch(images uint8[B/P, H, W, C], labels int32[B/P], mask bool[B/P])` as NumPy
-    arrays (B the global batch size, P the process count; mask False on padding rows).
-    `get_state()` / `set_state()` give and take the position of the next batch; a resumed
-    stream yields exactly the batches the uninterrupted one would have.
+    Yields `Batch(images uint8[B/P, H, W, C], labels int32[B/P], mask bool[B/P])` NumPy
+    batches (B the global batch size, P the process count; mask False on padding rows), or
+    with `steps_per_call=K` chunks of k <= K steps `Batch(uint8[k, B/P, H, W, C], int32[k,
+    B/P], bool[k, B/P])` that never cross the end of an epoch (what
+    `jaxscale.data.pipeline.HostSource.epoch` yields, before placement).
 
-    Make it with `stream(...)`.
+    `get_state()` / `set_state()` give and take the step of the next batch; a resumed stream
+    yields exactly the batches the uninterrupted one would have, whatever the worker count,
+    process count or `steps_per_call` of either. Make it with `stream(...)`.
     """
 
-    def __init__(self, reader: HostReader, config: StreamConfig, *, num_epochs: int = 1,
-                 options: StreamOptions = StreamOptions(), process_index: int = 0,
-                 process_count: int = 1):
+    def __init__(self, reader: Reader, config: StreamConfig, *, num_epochs: int = 1,
+                 steps_per_call: int | None = None, options: StreamOptions = StreamOptions(),
+                 process_index: int = 0, process_count: int = 1):
         super().__init__()
         self._inner = None
         if num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+        if steps_per_call is not None and steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
         if len(reader) != config.num_examples:
             raise ValueError(f"config.num_examples={config.num_examples} but the reader has "
                              f"{len(reader)} examples")
-        process_rows(np.zeros((1, config.batch_size)), process_index, process_count)  # checks
+        process_rows(np.zeros((config.batch_size,)), process_index=process_index,
+                     process_count=process_count)  # the batch splits over the processes
         self.reader, self.config, self.options = reader, config, options
+        self.num_epochs, self.steps_per_call = num_epochs, steps_per_call
         self.process_index, self.process_count = process_index, process_count
-        self._batches = _EpochBatches(reader, config, num_epochs, process_index, process_count)
-        self._position = 0
-        self._inner = None
+        self._position = 0  # global step of the next batch, counted over all epochs
 
     @property
     def steps_per_epoch(self) -> int:
@@ -739,18 +608,21 @@ class StreamIterator(grain.DatasetIterator):
         """Step (within its epoch) of the next batch."""
         return self._position % self.steps_per_epoch
 
-    def __len__(self) -> int:
-        """Batches left."""
-        return len(self._batches) - self._position
+    @property
+    def total_steps(self) -> int:
+        return self.num_epochs * self.steps_per_epoch
 
     def _pipeline(self):
-        # Grain: batches from the current position, read by threads, optionally in worker
+        # Grain: spans from the current position, read by threads, optionally in worker
         # processes; both keep the element order, so the batches never depend on them.
         o = self.options
-        dataset = grain.MapDataset.source(self._batches)[self._position:]
-        dataset = dataset.to_iter_dataset(grain.ReadOptions(
-            num_threads=o.read_threads, prefetch_buffer_size=max(o.buffer_size,
-                                                                 o.read_threads)))
+        spans = _Spans(self.reader, self.config, start=self._position,
+                       num_epochs=self.num_epochs, steps_per_call=self.steps_per_call or 1,
+                       chunked=self.steps_per_call is not None,
+                       process_index=self.process_index, process_count=self.process_count)
+        dataset = grain.MapDataset.source(spans).to_iter_dataset(grain.ReadOptions(
+            num_threads=o.read_threads,
+            prefetch_buffer_size=max(o.buffer_size, o.read_threads)))
         if o.worker_count:
             _parse_absl_flags()
             dataset = dataset.mp_prefetch(
@@ -761,43 +633,43 @@ class StreamIterator(grain.DatasetIterator):
 
     def __next__(self) -> Batch:
         self._assert_not_closed()
-        if self._position >= len(self._batches):
+        if self._position >= self.total_steps:
             self._close_inner()  # stops the workers and frees their shared memory now
             raise StopIteration
         if self._inner is None:
             self._inner = self._pipeline()
-        batch = next(self._inner)
-        self._position += 1
-        return Batch(*batch)
+        batch = Batch(*next(self._inner))
+        self._position += 1 if self.steps_per_call is None else int(batch.mask.shape[0])
+        return batch
 
     def start_prefetch(self) -> None:
         """Starts reading (and the worker processes) before the first `next`."""
-        if self._inner is None and self._position < len(self._batches):
+        if self._inner is None and self._position < self.total_steps:
             self._inner = self._pipeline()
             self._inner.start_prefetch()
 
     def get_state(self) -> dict[str, Any]:
-        """JSON-ready position of the next batch, with the config that defines the order."""
+        """JSON-ready step of the next batch, with the config that defines the order."""
         return dict(epoch=self.epoch, step=self.step, **dataclasses.asdict(self.config))
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Resumes at `state["epoch"], state["step"]` (from `get_state`, possibly of a run
-        with other worker or process counts).
+        with other worker, process or steps_per_call counts).
 
         Raises:
           ValueError: the state was saved for another dataset size, batch size, seed,
-            shuffle or drop_remainder, or lies past the end of this stream.
+            shuffle or drop_remainder, or lies outside this stream's epochs.
         """
         for key, value in dataclasses.asdict(self.config).items():
             if state.get(key) != value:
                 raise ValueError(f"the stream state was saved with {key}={state.get(key)!r}, "
                                  f"this stream has {key}={value!r}")
-        position = int(state["epoch"]) * self.steps_per_epoch + int(state["step"])
-        if not 0 <= position <= len(self._batches) or not 0 <= state["step"] < max(
-                self.steps_per_epoch, 1):
-            raise ValueError(f"stream state epoch {state['epoch']} step {state['step']} is "
-                             f"outside this stream's {self._batches.num_epochs} epochs of "
-                             f"{self.steps_per_epoch} steps")
+        epoch, step = int(state["epoch"]), int(state["step"])
+        position = epoch * self.steps_per_epoch + step
+        if not 0 <= step < self.steps_per_epoch or not 0 <= position <= self.total_steps:
+            raise ValueError(f"stream state epoch {epoch} step {step} is outside this "
+                             f"stream's {self.num_epochs} epochs of {self.steps_per_epoch} "
+                             "steps")
         self._close_inner()
         self._position = position
 
@@ -816,86 +688,97 @@ class StreamIterator(grain.DatasetIterator):
                 f"{self.process_index}/{self.process_count})")
 
 
-def stream(reader: HostReader, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-           drop_remainder: bool = True, num_epochs: int = 1,
+def stream(reader: Reader, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+           drop_remainder: bool = True, num_epochs: int = 1, steps_per_call: int | None = None,
            options: StreamOptions = StreamOptions(), process_index: int | None = None,
            process_count: int | None = None) -> StreamIterator:
     """The batches of `num_epochs` epochs of `reader` that this process reads, via Grain.
 
     Args:
-      reader: a host reader (`ArrayReader`, `RecordReader`, `TfdsReader`, `ImageFileReader`
-        or your own with `__len__`, `image_shape`, `num_classes`, `read(rows)`).
+      reader: a `jaxscale.data.pipeline.Reader` (`ArrayReader`, `RecordReader`,
+        `datasets.RecordSource`, `ImageFileReader`, or your own with `__len__`,
+        `image_shape`, `num_classes`, `read(rows)`).
       batch_size: the global batch size B, divisible by the process count.
       seed, shuffle, drop_remainder: the order (see `StreamConfig`).
       num_epochs: epochs the iterator runs through before StopIteration.
+      steps_per_call: None yields single batches; K yields chunks of up to K steps (one
+        `reader.read` each), for a compiled step that runs K steps per dispatch.
       options: threads, worker processes and buffers (they never change the batches).
       process_index, process_count: default jax's; give both to read another process's
         part (tests, tools).
 
     Returns:
-      A `StreamIterator` of `Batch(images uint8[B/P, H, W, C], labels int32[B/P],
-      mask bool[B/P])` NumPy batches: process p gets rows [p*B/P, (p+1)*B/P) of every
-      global batch, so the processes' parts, concatenated, are the 1-process batches.
+      A `StreamIterator`: process p gets rows [p*B/P, (p+1)*B/P) of every global batch, so
+      the processes' parts, concatenated, are the 1-process batches.
     """
     index, count = _process(process_index, process_count)
     config = StreamConfig(len(reader), batch_size, seed, shuffle, drop_remainder)
-    return StreamIterator(reader, config, num_epochs=num_epochs, options=options,
-                          process_index=index, process_count=count)
+    return StreamIterator(reader, config, num_epochs=num_epochs, steps_per_call=steps_per_call,
+                          options=options, process_index=index, process_count=count)
 
 
 # --- onto the device -------------------------------------------------------------------------
 
-def _put(batch: Batch, sharding) -> Batch:
-    if sharding is None:
-        return jax.device_put(batch)
-    if jax.process_count() > 1:  # each process holds its own rows of the global batch
-        return jax.tree_util.tree_map(
-            lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-    return jax.device_put(batch, sharding)
-
-
 class DeviceIterator(grain.DatasetIterator):
-    """Batches of a host iterator put on the device `size` ahead of use.
+    """Host batches put on the device(s) `size` ahead of use.
 
     Args:
-      batches: an iterator of host `Batch`es (a `StreamIterator`, or any iterator).
-      size: batches in flight to the device beyond the one yielded.
-      sharding: e.g. `NamedSharding(mesh, PartitionSpec("data"))` for the global batch;
-        with several processes each contributes its rows
-        (`jax.make_array_from_process_local_data`). None: the default device.
+      batches: an iterator of host `Batch`es (a `StreamIterator`, or any iterator of
+        pytrees).
+      size: elements in flight to the device beyond the one yielded.
+      placement: a `jaxscale.data.sharding.Placement` for chunks [k, B/P, ...]
+        (`stream(..., steps_per_call=K)`): `placement.split_rows(chunk, process_local=True)`,
+        the trainer's own placement of host chunks.
+      sharding: for single batches [B/P, ...], e.g. `NamedSharding(mesh, PartitionSpec(
+        "data"))` of the global batch; with several processes each contributes its rows
+        (`jax.make_array_from_process_local_data`).
+      Neither: the default device.
 
-    `get_state()` is the state of `batches` after the last batch *yielded* (batches in flight
-    are not counted), so a checkpoint taken between steps resumes at the next step.
+    `get_state()` is the state of `batches` after the last element *yielded* (elements in
+    flight are not counted), so a checkpoint taken between steps resumes at the next step.
     """
 
-    def __init__(self, batches: Iterator[Batch], *, size: int = 2,
+    def __init__(self, batches: Iterator[Batch], *, size: int = 2, placement=None,
                  sharding: jax.sharding.Sharding | None = None):
         super().__init__()
+        self.batches, self._queue = None, collections.deque()  # what close() needs
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
-        self.batches, self.size, self.sharding = batches, size, sharding
-        self._queue: collections.deque = collections.deque()
+        if placement is not None and sharding is not None:
+            raise ValueError("give a placement (chunks) or a sharding (batches), not both")
+        self.batches, self.size = batches, size
+        self.placement, self.sharding = placement, sharding
         self._done = False
+
+    def _put(self, element):
+        if self.placement is not None:
+            return self.placement.split_rows(element, process_local=True)
+        if self.sharding is None:
+            return jax.device_put(element)
+        if jax.process_count() > 1:  # each process holds its own rows of the global batch
+            return jax.tree_util.tree_map(
+                lambda x: jax.make_array_from_process_local_data(self.sharding, x), element)
+        return jax.device_put(element, self.sharding)
 
     def _fill(self) -> None:
         while not self._done and len(self._queue) <= self.size:
-            # the state *at* a batch: resuming from it yields that batch
+            # the state *at* an element: resuming from it yields that element
             state = self.batches.get_state() if hasattr(self.batches, "get_state") else None
             try:
                 host = next(self.batches)
             except StopIteration:
                 self._done = True
                 return
-            self._queue.append((state, _put(host, self.sharding)))
+            self._queue.append((state, self._put(host)))
 
-    def __next__(self) -> Batch:
+    def __next__(self):
         self._assert_not_closed()
         self._fill()
         if not self._queue:
             raise StopIteration
-        _, batch = self._queue.popleft()
-        self._fill()  # the copies of the next batches start while this one is used
-        return batch
+        _, element = self._queue.popleft()
+        self._fill()  # the copies of the next elements start while this one is used
+        return element
 
     def get_state(self) -> dict[str, Any]:
         if self._queue:
@@ -908,6 +791,7 @@ class DeviceIterator(grain.DatasetIterator):
         self.batches.set_state(state)
 
     def close(self) -> None:
+        """Drops the elements in flight and closes `batches`."""
         self._queue.clear()
         if hasattr(self.batches, "close"):
             self.batches.close()
@@ -916,7 +800,7 @@ class DeviceIterator(grain.DatasetIterator):
 
 # --- dataset statistics from the stream ------------------------------------------------------
 
-def image_batches(reader: HostReader, batch_size: int | None = None, *,
+def image_batches(reader: Reader, batch_size: int | None = None, *,
                   process_index: int | None = None, process_count: int | None = None,
                   options: StreamOptions = StreamOptions(), progress: bool = False,
                   desc: str = "images") -> Iterator[np.ndarray]:
@@ -924,10 +808,11 @@ def image_batches(reader: HostReader, batch_size: int | None = None, *,
 
     Process p reads its slice of every (unshuffled, padded) global batch, padding dropped:
     the processes' images are disjoint and together every image once, so per-process
-    statistics merge (`merge_stats`, `merge_stats_across_hosts`) into the whole dataset's.
+    statistics merge (`merge_stats`, `merge_stats_across_hosts`) into the whole dataset's;
+    `distributed.global_scaling_params(config, image_batches(reader))` fits every host.
 
     Args:
-      reader: a host reader.
+      reader: a `Reader`.
       batch_size: global rows per step; default about 2M values per process step
         (`statistics.auto_batch_size`), rounded to a multiple of the process count.
       process_index, process_count: default jax's.
@@ -942,13 +827,15 @@ def image_batches(reader: HostReader, batch_size: int | None = None, *,
     index, count = _process(process_index, process_count)
     if batch_size is None:
         batch_size = count * max(1, auto_batch_size(reader.image_shape))
-    batches = stream(reader, batch_size, shuffle=False, drop_remainder=False, options=options,
-                     process_index=index, process_count=count)
+    config = StreamConfig(len(reader), batch_size, shuffle=False, drop_remainder=False)
+    batches = StreamIterator(reader, config, options=options, process_index=index,
+                             process_count=count)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        _, mask = batches._batches.epoch_rows(0)
-        bar = tqdm(total=int(mask.sum()), desc=desc, unit="img")
+        local = process_rows(epoch_batches(np.arange(len(reader)), batch_size)[1],
+                             process_index=index, process_count=count)
+        bar = tqdm(total=int(local.sum()), desc=desc, unit="img")
     try:
         for batch in batches:
             images = batch.images if batch.mask.all() else batch.images[batch.mask]
@@ -962,7 +849,7 @@ def image_batches(reader: HostReader, batch_size: int | None = None, *,
             bar.close()
 
 
-def reader_stats(reader: HostReader, *, scope: str = "channel", batch_size: int | None = None,
+def reader_stats(reader: Reader, *, scope: str = "channel", batch_size: int | None = None,
                  process_index: int | None = None, process_count: int | None = None,
                  options: StreamOptions = StreamOptions(), progress: bool = False,
                  merge_hosts: bool = True):
