@@ -320,20 +320,20 @@ def test_tfds_data_source_streams_and_converts_to_raw_records(tmp_path):
         # tfds' mock gives the data source a `__getitems__` that cannot be called (it is an
         # unbound partial); the real one reads the keys in one batched call
         source.data_source.__getitems__ = lambda keys: [source.data_source[k] for k in keys]
-        tfds_reader = RecordSource(source, "image", "label", "mnist", "train", 10, (28, 28, 1))
-        batches = host(streaming.stream(tfds_reader, 8, seed=1))
+        tfds_source = RecordSource(source, "image", "label", "mnist", "train", 10, (28, 28, 1))
+        batches = host(streaming.stream(tfds_source, 8, seed=1))
         assert len(batches) == 3
         first = epoch_order(1, 0, 24)[:8]
         for i, row in enumerate(first):
             np.testing.assert_array_equal(batches[0][0][i], source[int(row)]["image"])
         rows = np.array([5, 0, 23, 5])
-        images, labels = tfds_reader.read(rows)
+        images, labels = tfds_source.read(rows)
         for i, row in enumerate(rows):
             np.testing.assert_array_equal(images[i], source[int(row)]["image"])
             assert labels[i] == source[int(row)]["label"]
-        paths = streaming.write_records(tmp_path / "mnist", tfds_reader, batch_size=10)
+        paths = streaming.write_records(tmp_path / "mnist", tfds_source, batch_size=10)
         every = np.arange(24)
-        expected = tfds_reader.read(every)
+        expected = tfds_source.read(every)
     records = streaming.RecordReader(paths)
     for got, want in zip(records.read(every), expected):
         np.testing.assert_array_equal(got, want)

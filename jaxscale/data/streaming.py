@@ -62,7 +62,7 @@ except ImportError as err:  # grain needs Python >= 3.11
                       "Python >= 3.11)") from err
 
 
-# --- host readers ----------------------------------------------------------------------------
+# --- readers ---------------------------------------------------------------------------------
 
 class RecordFileError(DatasetFileError):
     """A record file is missing, truncated, corrupt, or not what its header says."""
@@ -235,7 +235,7 @@ def _read_header(path: Path) -> dict:
 
 
 class RecordReader:
-    """A host reader over the raw uint8 ArrayRecord files `write_records` writes.
+    """A `Reader` over the raw uint8 ArrayRecord files `write_records` writes.
 
     Args:
       paths: the files of one dataset, in any order: a path, a glob pattern
@@ -357,7 +357,7 @@ def decode_image(path: str | Path, image_shape: tuple[int, int, int], *,
 
 
 class ImageFileReader:
-    """A host reader over image files, decoded (and resized to `image_shape`) on the host.
+    """A `Reader` over image files, decoded (and resized to `image_shape`) on the host.
 
     Args:
       paths: one file per example.
