@@ -386,6 +386,9 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     from benchmarks import data as bench_data
+    from jaxscale.cpu import tune_host_allocator
+
+    allocator = tune_host_allocator()  # as `make bench` does, before any JAX work
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -399,7 +402,7 @@ def main(argv=None) -> list[dict]:
     repeats = args.repeats or (2 if args.quick else 5)
     data = bench_data.load_bench_data(num_examples=10240 if args.quick else 60000)
     meta = dict(load_average=os.getloadavg(), cores=_cores(), quick=args.quick,
-                data_source=data.source)
+                data_source=data.source, host_allocator=allocator)
     rows = run(data.images, data.labels, source=data.source, repeats=repeats,
                quick=args.quick, peers=not args.no_peers,
                cases=tuple(c.strip() for c in args.cases.split(",") if c.strip()))
