@@ -1,4 +1,4 @@
-"""jaxscale.distributed: in-process units, and real multi-process jobs on 127.0.0.1.
+"""jaxscale.training.distributed: in-process units, and real multi-process jobs on 127.0.0.1.
 
 The multi-process tests start `tests/distributed_worker.py` as 2 processes with 2 CPU devices
 each (gloo collectives through jax.distributed) and compare them with one process of 4
