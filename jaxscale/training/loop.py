@@ -408,8 +408,13 @@ def train(config: TrainConfig, train_data, test_data=None, *,
                 if checkpoint_every and step // checkpoint_every > previous // checkpoint_every \
                         and step < run.total_steps:
                     save(state, sums)
-                if step // log_every > previous // log_every or step == epoch_start + last:
+                # a stop by max_steps reads the means (for the partial epoch's record) but
+                # logs no step record off the log_every grid: a resumed run would not have it
+                logged = step // log_every > previous // log_every or \
+                    step == epoch_start + run.steps_per_epoch
+                if logged or step == epoch_start + last:
                     means = _means(sums)
+                if logged:
                     now = time.perf_counter()
                     rate = (step - window_step) * config.batch_size / max(now - window_start,
                                                                           1e-9)
@@ -421,6 +426,8 @@ def train(config: TrainConfig, train_data, test_data=None, *,
                     writer.write({"kind": "step", "step": step, "epoch": epoch + 1,
                                   "train_loss": means["loss"],
                                   "train_accuracy": means["accuracy"], "images_per_s": rate})
+                elif bar is not None:
+                    bar.update(step - bar.n)
             seconds = time.perf_counter() - started
             record = {"epoch": epoch + 1, "step": step, "train_loss": means["loss"],
                       "train_accuracy": means["accuracy"], "test_loss": None,
