@@ -4,8 +4,8 @@
         --num-processes 2 --process-id 0 --out DIR
 
 Modes:
-  job:  global dataset statistics of this process's shard, then a few SGD steps of the
-        package's BN CNN (jaxscale.training + jaxscale.parallel's jit + Mesh runner over all
+  job:  global dataset statistics of this process's shard, then a few SGD steps (in float64)
+        of the package's BN CNN (jaxscale.training + jaxscale.parallel's jit + Mesh runner over all
         devices of all processes) on global batches assembled from every process's local rows,
         standardized with statistics fitted across processes. Writes DIR/<id>.json.
         With --num-processes 1 and no coordinator it is the single-process reference: the same
@@ -55,9 +55,7 @@ def _global_batches(dataset, num_processes: int, process_id: int):
 
 
 def run_job(args) -> dict:
-    from jaxscale.parallel import make_runner
     from jaxscale.scaling import scaling_config
-    from jaxscale.training import TrainConfig, create_train_state, make_optimizer
 
     dataset = synthetic_dataset(NUM_EXAMPLES, IMAGE_SHAPE, seed=1)
     if args.num_processes == 1:
@@ -68,16 +66,44 @@ def run_job(args) -> dict:
     stats = {scope: distributed.global_dataset_stats(local_images, scope=scope, batch_size=16)
              for scope in ("channel", "global")}
 
-    # The package's BN CNN on the jit + Mesh path, over every device of every process.
+    # The package's BN CNN on the jit + Mesh path, over every device of every process, in
+    # float64: the test compares it with one process whose reductions add the same rows in
+    # another order, and float32's rounding of those, grown through a few SGD steps, depends on
+    # the CPU (see tests/test_parallel.py, RELATIVE).
+    scaling = scaling_config("standardize")
+    scaling_params = distributed.global_scaling_params(scaling, local_images, batch_size=16)
+    with jax.enable_x64(True):
+        losses, host_state = _train_float64(args, dataset, scaling, scaling_params)
+    leaves = jax.tree_util.tree_leaves((host_state.params, host_state.batch_stats))
+    checksum = [float(np.abs(np.asarray(leaf, np.float64)).sum()) for leaf in leaves]
+    return {
+        "process_index": jax.process_index(), "process_count": jax.process_count(),
+        "device_count": jax.device_count(), "main": distributed.is_main_process(),
+        "stats": {scope: {"count": int(s.count), "mean": np.asarray(s.mean).tolist(),
+                          "std": np.asarray(s.std).tolist()} for scope, s in stats.items()},
+        "scaling_mean": np.asarray(scaling_params.mean).tolist(),
+        "losses": losses, "param_checksum": checksum,
+        "param_dtypes": sorted({str(np.asarray(leaf).dtype) for leaf in leaves}),
+    }
+
+
+def _train_float64(args, dataset, scaling, scaling_params):
+    """STEPS SGD steps with float64 parameters and BatchNorm statistics; (losses, state)."""
+    from jaxscale.parallel import make_runner
+    from jaxscale.training import TrainConfig, create_train_state, make_optimizer
+
     config = TrainConfig(model="bn_cnn", scaling="standardize", optimizer="sgd",
                          learning_rate=0.05, batch_size=SHARDS * LOCAL_BATCH,
                          eval_batch_size=SHARDS * LOCAL_BATCH, parallel="mesh", seed=0)
-    scaling = scaling_config(config.scaling)
-    scaling_params = distributed.global_scaling_params(scaling, local_images, batch_size=16)
     tx = make_optimizer(config, STEPS)
     runner = make_runner("mesh", config, tx, scaling, scaling_params, devices=jax.devices())
-    state = runner.put_state(create_train_state(runner.model, tx, IMAGE_SHAPE,
-                                                jax.random.key(config.seed)))
+    state = create_train_state(runner.model, tx, IMAGE_SHAPE, jax.random.key(config.seed))
+    def wide(tree):
+        return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), tree)
+
+    params = wide(state.params)
+    state = runner.put_state(state.replace(params=params, batch_stats=wide(state.batch_stats),
+                                           opt_state=tx.init(params)))
     sharding = distributed.batch_sharding()
     # A key made on one device cannot be device_put onto other processes' devices: make it
     # replicated in the first place.
@@ -89,17 +115,7 @@ def run_job(args) -> dict:
             (images, labels), sharding)
         state, metrics = runner.train_batch(state, global_images, global_labels, key)
         losses.append(float(metrics["loss"].addressable_data(0)))
-    host_state = runner.get_state(state)
-    leaves = jax.tree_util.tree_leaves((host_state.params, host_state.batch_stats))
-    checksum = [float(np.abs(np.asarray(leaf, np.float64)).sum()) for leaf in leaves]
-    return {
-        "process_index": jax.process_index(), "process_count": jax.process_count(),
-        "device_count": jax.device_count(), "main": distributed.is_main_process(),
-        "stats": {scope: {"count": int(s.count), "mean": np.asarray(s.mean).tolist(),
-                          "std": np.asarray(s.std).tolist()} for scope, s in stats.items()},
-        "scaling_mean": np.asarray(scaling_params.mean).tolist(),
-        "losses": losses, "param_checksum": checksum,
-    }
+    return losses, runner.get_state(state)
 
 
 def run_train(args) -> dict:

@@ -36,7 +36,7 @@ def assert_matches_reference(stats, images, scope, data_format, rtol=1e-6):
 @pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("data_format", FORMATS)
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("channels", [1, pytest.param(3, marks=pytest.mark.numerics), 4])
 def test_compute_stats_matches_float64(scope, data_format, dtype, channels):
     images = random_images(c=channels, dtype=dtype, data_format=data_format)
     # batches of 5 (the last one padded and masked) exercise the streaming merge
@@ -52,7 +52,7 @@ def load_mnist_train(mnist_dir):
         return np.frombuffer(f.read(), np.uint8, offset=16).reshape(60000, 28, 28, 1)
 
 
-@pytest.mark.parametrize("batch_size", [None, 64, 999])
+@pytest.mark.parametrize("batch_size", [pytest.param(None, marks=pytest.mark.numerics), 64, 999])
 def test_mnist_statistics_match_published_reference(mnist_dir, batch_size):
     # SOURCES.md: mean 33.318421449829934, std 78.56748998339798 (float64, all pixels)
     stats = jaxscale.compute_stats(load_mnist_train(mnist_dir), batch_size=batch_size)
@@ -61,6 +61,7 @@ def test_mnist_statistics_match_published_reference(mnist_dir, batch_size):
     np.testing.assert_allclose(float(stats.std[0]), 78.56748998339798, rtol=1e-6)
 
 
+@pytest.mark.numerics
 def test_iterable_of_batches_equals_whole_array():
     images = random_images(n=50, dtype=np.float32)
     whole = jaxscale.compute_stats(images)
@@ -108,6 +109,7 @@ def test_mask_excludes_padding_rows():
     assert_matches_reference(masked, images, "channel", "channels_last")
 
 
+@pytest.mark.numerics
 def test_long_chain_of_small_batches_keeps_float64_accuracy():
     # 2000 sequential merges of 3-image batches with a large mean offset: plain float32
     # running means drift by ~1e-5 here; the double-float accumulators must not.
@@ -132,6 +134,7 @@ def test_counts_do_not_overflow_at_imagenet_scale():
     np.testing.assert_allclose(float(merged.variance[0]), 8.0, rtol=1e-6)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("scope", SCOPES)
 def test_pmap_allreduce_equals_whole(scope):
     devices = jax.local_device_count()
