@@ -3,8 +3,13 @@
 import os
 import tempfile
 
-# Must happen before jax is imported anywhere in the test process.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Must happen before jax is imported anywhere in the test process. Appended, so that a
+# developer's own XLA_FLAGS (e.g. `--xla_cpu_max_isa=AVX2`, as `make test` runs the numerics
+# tests) still get the 8 devices the pmap and mesh tests need.
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+if DEVICE_COUNT_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(
+        filter(None, [os.environ.get("XLA_FLAGS", ""), f"{DEVICE_COUNT_FLAG}=8"]))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
