@@ -109,3 +109,6 @@ def test_runner_steps_use_the_options(kind, library, monkeypatch):
                               runner.put_key(0)).compile().as_text()
     assert "convolution(" in text
     assert ("convolution" in _ynn_ops(text)) == (library == "ynnpack")
+    # every convolution in the layout XLA:CPU's fast convolutions take: under a lax.scan the
+    # weight-gradient ones came out as f01b_i01o->01bf, run by a naive loop (~8x slower step)
+    assert set(re.findall(r"dim_labels=([\w>-]+)", text)) == {"b01f_01io->b01f"}

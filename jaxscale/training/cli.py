@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compute-dtype", default="float32", choices=COMPUTE_DTYPES,
                        help="dtype of convolutions and matmuls (parameters stay float32)")
     train.add_argument("--steps-per-call", type=int, default=1,
-                       help="train steps per compiled call (lax.scan); same numbers")
+                       help="train steps per compiled call on GPU/TPU (lax.scan); same numbers")
     train.add_argument("--input", default="auto", choices=INPUTS,
                        help="resident: the dataset on the device; streaming: read on the "
                        "host and copied ahead; auto: resident when it fits")

@@ -54,8 +54,9 @@ class TrainConfig:
       dropout_rate: override the model's dropout rate (None keeps it).
       compute_dtype: "float32", or "bfloat16" for the convolutions and matmuls (parameters,
         BatchNorm statistics, the loss and the optimizer stay float32).
-      steps_per_call: train steps per compiled call (a `lax.scan` over device-resident
-        batches); the numbers do not depend on it.
+      steps_per_call: train steps per compiled call on accelerators (a `lax.scan` over
+        device-resident batches; on CPU devices each step is its own call, see
+        `runners.StepByStep`); the numbers do not depend on it.
       eval_batch_size: test-set batch size (padded and masked, never dropped).
     """
 

@@ -4,7 +4,8 @@
 `make_runner(kind, config, tx, scaling, scaling_params, train_take=..., eval_take=...)` builds
 one train step and one eval step (`jaxscale.training.steps`), wraps them for the data source
 (`steps.train_chunk`: every step of a chunk under `lax.scan`, each gathering its batch with
-the source's `take`) and compiles them for the devices:
+the source's `take`; on CPU devices a one-step program called per step, `StepByStep`) and
+compiles them for the devices:
 
 - "none": `jax.jit` on one device.
 - "pmap": `jax.pmap` over local devices; the state is replicated, each device takes
@@ -164,22 +165,59 @@ def make_runner(kind: str, config: TrainConfig, tx, scaling, scaling_params=None
     step = make_train_step(model, tx, scaling, scaling_params, config.augment,
                            label_smoothing=config.label_smoothing, axis_name=axis_name)
     evaluate = make_eval_step(model, scaling, scaling_params, axis_name=axis_name)
-    train_fn, eval_fn = train_chunk(step, train_take), eval_chunk(evaluate, eval_take)
+    # On CPU one program per step: under lax.scan XLA:CPU loses its fast convolutions (see
+    # steps.train_chunk); a program of K written-out steps would be fast but fuses across
+    # steps, rounding differently from K=1, and dispatch costs little next to a CPU step.
+    on_cpu = all(device.platform == "cpu" for device in placement.devices)
+    train_fn = train_chunk(step, train_take, scan=not on_cpu)
+    eval_fn = eval_chunk(evaluate, eval_take)
     donate = donated_state(placement.devices)
     if kind == "pmap":
         devices = list(placement.devices)
-        return Runner(kind, model, placement,
-                      train=jax.pmap(train_fn, PMAP_AXIS, in_axes=(0, 0, 0, 0, None),
-                                     devices=devices, donate_argnums=donate),
-                      eval=jax.pmap(eval_fn, PMAP_AXIS, devices=devices))
-    jit = functools.partial(jax.jit, compiler_options=step_compiler_options(placement.devices))
-    if kind == "none":
-        return Runner(kind, model, placement, train=jit(train_fn, donate_argnums=donate),
-                      eval=jit(eval_fn))
-    replicated, rows = placement.replicated, placement.rows_sharding(1)
-    return Runner(kind, model, placement,
-                  train=jit(train_fn, in_shardings=(replicated, replicated, replicated, rows,
-                                                    replicated),
-                            out_shardings=(replicated, replicated), donate_argnums=donate),
-                  eval=jit(eval_fn, in_shardings=(replicated, replicated, replicated, rows),
-                           out_shardings=replicated))
+        train = jax.pmap(train_fn, PMAP_AXIS, in_axes=(0, 0, 0, 0, None), devices=devices,
+                         donate_argnums=donate)
+        evaluate = jax.pmap(eval_fn, PMAP_AXIS, devices=devices)
+    else:
+        jit = functools.partial(jax.jit,
+                                compiler_options=step_compiler_options(placement.devices))
+        if kind == "none":
+            train, evaluate = jit(train_fn, donate_argnums=donate), jit(eval_fn)
+        else:
+            replicated, rows = placement.replicated, placement.rows_sharding(1)
+            train = jit(train_fn, in_shardings=(replicated, replicated, replicated, rows,
+                                                replicated),
+                        out_shardings=(replicated, replicated), donate_argnums=donate)
+            evaluate = jit(eval_fn, in_shardings=(replicated, replicated, replicated, rows),
+                           out_shardings=replicated)
+    if on_cpu:
+        train = StepByStep(train, step_axis=1 if kind == "pmap" else 0)
+    return Runner(kind, model, placement, train=train, eval=evaluate)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepByStep:
+    """A chunk of K steps as K calls of the compiled one-step program (CPU devices).
+
+    `__call__(state, sums, data, chunk, key)` has the chunk program's signature; `lower` is
+    the one-step program's (for a chunk of one step).
+
+    Attributes:
+      program: the jitted or pmapped `train_chunk(..., scan=False)`.
+      step_axis: the chunk's step axis (1 under pmap, after the device axis).
+    """
+
+    program: Callable
+    step_axis: int = 0
+
+    def __call__(self, state, sums, data, chunk, key):
+        steps = jax.tree.leaves(chunk)[0].shape[self.step_axis]
+        if steps == 1:
+            return self.program(state, sums, data, chunk, key)
+        for index in range(steps):
+            one = jax.tree.map(lambda leaf: jax.lax.slice_in_dim(leaf, index, index + 1,
+                                                                 axis=self.step_axis), chunk)
+            state, sums = self.program(state, sums, data, one, key)
+        return state, sums
+
+    def lower(self, *args, **kwargs):
+        return self.program.lower(*args, **kwargs)

@@ -10,7 +10,8 @@ device index, then splits it into an augmentation key and a dropout key.
 
 `train_chunk` / `eval_chunk` wrap a step for a data source (`jaxscale.data.pipeline`): one
 call runs every step of a chunk [K, ...] under `lax.scan`, gathering each batch with the
-source's `take`, and adds the steps' metrics to running sums kept on the device.
+source's `take`, and adds the steps' metrics to running sums kept on the device. (On CPU the
+runner calls a one-step program per step instead: `train_chunk(scan=False)`.)
 """
 
 from __future__ import annotations
@@ -170,29 +171,40 @@ def _add(sums: dict, values: dict) -> dict:
             for name in sums}
 
 
-def train_chunk(train_step: Callable, take: Callable) -> Callable:
+def train_chunk(train_step: Callable, take: Callable, *, scan: bool = True) -> Callable:
     """Every step of a chunk in one program: `run(state, sums, data, chunk, key)`.
 
     Args:
       train_step: from `make_train_step`.
       take: the source's `take(data, chunk_step) -> Batch` (`ResidentSource.take` gathers
         rows of the resident dataset, `HostSource.take` returns the streamed batch).
+      scan: run the steps under `lax.scan`. False writes them out one after another (the
+        chunk's leading axis is static) and is what a chunk of one step should use on CPU:
+        XLA:CPU compiles the weight-gradient convolutions inside a loop body in a layout its
+        fast convolutions do not take and falls back to a naive loop, so the BN CNN's step
+        ran ~8x slower under a `lax.scan` even of length 1 (see `runners.make_runner`).
 
     Returns:
-      `run(state, sums, data, chunk, key) -> (state, sums)`: a `lax.scan` of `train_step`
-      over the chunk's leading axis; `sums` ({"loss", "accuracy", "steps"} float32[]) gains
-      each step's metrics and 1 step.
+      `run(state, sums, data, chunk, key) -> (state, sums)`: `train_step` over the chunk's
+      leading axis; `sums` ({"loss", "accuracy", "steps"} float32[]) gains each step's
+      metrics and 1 step.
     """
 
-    def run(state, sums, data, chunk, key):
-        def body(carry, chunk_step):
-            state, sums = carry
-            batch = take(data, chunk_step)
-            state, metrics = train_step(state, batch.images, batch.labels, key)
-            return (state, _add(sums, dict(metrics, steps=jnp.float32(1)))), None
+    def body(carry, chunk_step, data, key):
+        state, sums = carry
+        batch = take(data, chunk_step)
+        state, metrics = train_step(state, batch.images, batch.labels, key)
+        return (state, _add(sums, dict(metrics, steps=jnp.float32(1)))), None
 
-        (state, sums), _ = jax.lax.scan(body, (state, sums), chunk)
-        return state, sums
+    def run(state, sums, data, chunk, key):
+        carry = (state, sums)
+        if scan:
+            carry, _ = jax.lax.scan(lambda c, x: body(c, x, data, key), carry, chunk)
+        else:
+            for index in range(jax.tree.leaves(chunk)[0].shape[0]):
+                step_input = jax.tree.map(lambda leaf: leaf[index], chunk)
+                carry, _ = body(carry, step_input, data, key)
+        return carry
 
     return run
 
