@@ -1,7 +1,7 @@
 """Images per second of on-device augmentation vs Keras' ImageDataGenerator, same run.
 
-The recipe is the seed tutorial's (`jaxscale.augmentation.SEED_RECIPE`: rotation 8, shifts
-0.08, shear 0.3, zoom 0.08) on the benchmark's uint8 images. Rows:
+The recipe is the seed tutorial's (`jaxscale.augmentation.SEED_RECIPE`, given to Keras as
+`augmentation.keras_keywords(SEED_RECIPE)`) on the benchmark's uint8 images. Rows:
 
 - augment_jit/order{1,0}: `augment_jit(key, batch, config)` on device-resident batches
   (bilinear and nearest resampling), several buffers rotated;
@@ -34,8 +34,7 @@ from jaxscale import augmentation
 
 from benchmarks import bench_train
 
-RECIPE = dict(rotation_range=8, width_shift_range=0.08, height_shift_range=0.08,
-              shear_range=0.3, zoom_range=0.08)
+RECIPE = augmentation.keras_keywords(augmentation.SEED_RECIPE)  # for both generators
 SEED = 0
 
 

@@ -55,7 +55,7 @@ def load_bench_data(data_dir: str | Path | None = None, *,
 
     Never raises for missing data: the reason for falling back is kept in `source`.
     """
-    from jaxscale import datasets
+    import jaxscale.data.datasets as datasets
 
     why = "no MNIST files found"
     for folder in candidate_dirs(data_dir):

@@ -136,10 +136,11 @@ def run(args) -> dict:
 def _keras_runs(name, row, args, train_data, test_data) -> list[float] | None:
     """The row's final test accuracy per seed, run by Keras; None without keras."""
     from benchmarks import keras_peer
+    from jaxscale.augmentation import keras_keywords
     from jaxscale.training.config import resolve_augment
 
     augment = resolve_augment(row.augment)
-    keywords = None if augment is None else keras_peer.keras_augment_keywords(augment)
+    keywords = None if augment is None else keras_keywords(augment)
     accuracies = []
     for seed in range(args.seeds):
         start = time.perf_counter()

@@ -278,14 +278,6 @@ def test_keras_runs_the_tutorial_recipe_and_learns():
     assert 90.0 <= accuracy <= 100.0
 
 
-def test_keras_augment_keywords_are_the_recipe_s_non_defaults():
-    from jaxscale.augmentation import SEED_RECIPE
-
-    assert keras_peer.keras_augment_keywords(SEED_RECIPE) == {
-        "rotation_range": 8, "width_shift_range": 0.08, "height_shift_range": 0.08,
-        "shear_range": 0.3, "zoom_range": (0.92, 1.08)}
-
-
 def test_keras_runs_each_row_with_its_model_augmentation_and_schedule(monkeypatch):
     calls = []
     monkeypatch.setattr(keras_peer, "keras_tutorial_accuracy",
@@ -299,14 +291,15 @@ def test_keras_runs_each_row_with_its_model_augmentation_and_schedule(monkeypatc
     assert [kwargs["seed"] for _, kwargs in calls] == [0, 1]
     args0, kwargs0 = calls[0]
     assert args0[0] == "normalize" and kwargs0["model"] == "bn_cnn"
-    assert kwargs0["schedule"] == "cosine" and kwargs0["augment"]["rotation_range"] == 8
+    from jaxscale.augmentation import SEED_RECIPE, keras_keywords
+    assert kwargs0["schedule"] == "cosine" and kwargs0["augment"] == keras_keywords(SEED_RECIPE)
     reproduce._keras_runs("center", reproduce.ROWS["center"], args, data, data)
     assert calls[-1][1]["model"] == "small_cnn" and calls[-1][1]["augment"] is None
 
 
 def test_keras_runs_the_bn_recipe_with_augmentation_and_learns():
     pytest.importorskip("keras")
-    from jaxscale.augmentation import SEED_RECIPE
+    from jaxscale.augmentation import SEED_RECIPE, keras_keywords
 
     images, labels = _quadrant_images(1152, 20, 5)
     # 768 steps: BatchNorm's moving averages (momentum 0.99) need a few hundred before the
@@ -314,7 +307,7 @@ def test_keras_runs_the_bn_recipe_with_augmentation_and_learns():
     accuracy = keras_peer.keras_tutorial_accuracy(
         "normalize", images[:1024], labels[:1024], images[1024:], labels[1024:], seed=0,
         epochs=6, batch_size=8, model="bn_cnn",
-        augment=keras_peer.keras_augment_keywords(SEED_RECIPE), schedule="cosine")
+        augment=keras_keywords(SEED_RECIPE), schedule="cosine")
     assert 90.0 <= accuracy <= 100.0
 
 
