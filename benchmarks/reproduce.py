@@ -9,10 +9,13 @@ Rows (5 epochs, batch 64, Adam lr 1e-3, as the tutorials):
                                     over the 5 epochs (cosine): our recipe for this project's
                                     own 99.5 % bar, not the tutorial's
 
-Writes `reproduce.md` (table), `reproduce.json` (every epoch of every run) and
-`reproduce.png` (test-accuracy curves, mean over seeds) to `--out`
-(default benchmarks/results/). A full run is 5 rows x 3 seeds x 5 epochs; a quick subset:
+Prints the table and writes `reproduce-<hardware>.json` (device, versions, commit; every
+epoch of every run) and its chart `reproduce-<hardware>.png` (test-accuracy curves, mean over
+seeds) to `--out` (default benchmarks/results/, where they are committed: the docs' tables are
+generated from them). A full run is 5 rows x 3 seeds x 5 epochs; anything less is marked
+`"quick": true` in the file, e.g.
 
+    python -m benchmarks.reproduce --quick      # every row, 1 seed, 1 epoch
     python -m benchmarks.reproduce --rows normalize --seeds 1 --epochs 1
 
 With `--keras` (and keras installed) every row is also run the tutorial's way by Keras itself
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import sys
@@ -76,12 +80,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--parallel", default="none", choices=("none", "pmap", "mesh"),
                         help="data parallelism over local devices")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"),
-                        help="folder for reproduce.md/.json/.png")
+                        help="folder for reproduce-<hardware>.json and .png")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 seed and 1 epoch per row (the file says quick)")
     parser.add_argument("--progress", action="store_true", help="per-run progress bars")
     parser.add_argument("--keras", action="store_true",
                         help="also run the small-CNN rows the tutorial's way in Keras "
                         "(ImageDataGenerator fit/flow + Sequential fit), same seeds")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs = 1, 1
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
@@ -187,10 +195,33 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> None:
+def run_metadata(args) -> dict:
+    """Device, versions and the commit measured; `quick` unless the full table ran."""
+    import jax
+
+    from benchmarks import report
+    from benchmarks.run import cpu_model
+
+    device = jax.devices()[0]
+    full = args.epochs >= 5 and args.seeds >= 3 and set(args.rows) == set(ROWS)
+    return {"time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            **report.provenance(), "quick": not full, "backend": jax.default_backend(),
+            "device": getattr(device, "device_kind", str(device)),
+            "device_count": jax.device_count(), "host_cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "versions": {name: report.version_of(name) for name in
+                         ("jax", "jaxlib", "flax", "optax", "numpy", "keras", "jaxscale")}}
+
+
+def plot(results: dict, path: Path, *, source: Path | None = None) -> None:
+    """Test accuracy per epoch, mean over seeds, one line per row; `source` is recorded in
+    the PNG (`report.save_figure`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from benchmarks import report
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, row in results["rows"].items():
@@ -201,11 +232,14 @@ def plot(results: dict, path: Path) -> None:
                    linewidth=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("MNIST test accuracy (dotted: the row's bar)")
+    title = "MNIST test accuracy (dotted: the row's bar)"
+    if "meta" in results:
+        title = report.chart_title("make reproduce", results["meta"]) + "\n" + title
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    report.save_figure(fig, path, source=source, dpi=120)
     plt.close(fig)
 
 
@@ -213,15 +247,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from jaxscale.cpu import tune_host_allocator
     print(f"host allocator: {tune_host_allocator()}", flush=True)
+    from benchmarks import report
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = run(args)
-    table = markdown(results)
-    (out / "reproduce.md").write_text(table)
-    (out / "reproduce.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "reproduce.png")
-    print(table)
-    print(f"wrote {out / 'reproduce.md'}, {out / 'reproduce.json'}, {out / 'reproduce.png'}")
+    meta = run_metadata(args)
+    results = {"meta": meta, **run(args)}
+    name = f"reproduce-{report.hardware_name(meta['backend'], meta['device'])}"
+    json_path = out / f"{name}.json"
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out / f"{name}.png", source=json_path)
+    print(markdown(results))
+    print(f"wrote {json_path} and {out / f'{name}.png'}")
     return 0
 
 

@@ -198,9 +198,10 @@ def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXSCALE_DATA_DIR", raising=False)
     result = run.main(["--quick", "--only", "stats,scaling", "--out", str(tmp_path),
                        "--no-keras", "--limit", "64"])
-    document = json.loads((tmp_path / "latest.json").read_text())
+    document = json.loads((tmp_path / "bench-cpu.json").read_text())
     meta = document["meta"]
     assert meta["quick"] is True and meta["data_source"].startswith("synthetic")
+    assert len(meta["commit"]) == 40 and isinstance(meta["dirty"], bool)
     assert meta["versions"]["jax"] and meta["device"] and meta["cpu_model"]
     assert not meta["keras_peer"]
     assert set(meta["section_seconds"]) == {"stats", "scaling"}
@@ -208,7 +209,26 @@ def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
     assert ("scaling", "zca") in names and ("stats", "compute_stats") in names
     assert all(math.isfinite(r["images_per_s"]) for r in document["rows"]
                if r["bench"] == "scaling" and r["name"] != "copy_roofline")
-    assert (tmp_path / "latest.png").exists() and result["chart"] == tmp_path / "latest.png"
+    assert result["chart"] == tmp_path / "bench-cpu.png"
+    assert report.chart_source(result["chart"]).endswith(
+        report.sha256_of(tmp_path / "bench-cpu.json"))
+
+
+def test_results_files_are_named_by_hardware():
+    assert report.hardware_name("cpu", "cpu") == "cpu"
+    assert report.hardware_name("gpu", "NVIDIA H100 80GB HBM3") == "h100"
+    assert report.hardware_name("tpu", "TPU v5 lite") == "tpu-v5-lite"
+
+
+def test_a_run_records_the_commit_it_measured():
+    found = report.provenance()
+    assert len(found["commit"]) == 40 and isinstance(found["dirty"], bool)
+    line = report.describe_run({"time_utc": "2026-12-01T22:00:00+00:00", "commit": "a" * 40,
+                                "dirty": True, "backend": "cpu", "cpu_model": "EPYC",
+                                "host_cpus": 2, "versions": {"jax": "0.10.2"},
+                                "quick": True})
+    assert line == ("2026-12-01, commit aaaaaaaa + uncommitted changes, EPYC, 2 cores, "
+                    "jax 0.10.2; quick run (fewer images and repeats)")
 
 
 def test_run_rejects_unknown_section():
@@ -230,6 +250,15 @@ def _reproduce_results(keras_runs=None):
     if keras_runs is not None:
         row["keras"] = keras_runs
     return {"epochs": 5, "seeds": 2, "batch_size": 64, "rows": {"center": row}}
+
+
+def test_reproduce_marks_anything_short_of_the_full_table_quick():
+    assert reproduce.run_metadata(reproduce.parse_args([]))["quick"] is False
+    quick = reproduce.parse_args(["--quick"])
+    assert (quick.seeds, quick.epochs) == (1, 1)
+    assert reproduce.run_metadata(quick)["quick"] is True
+    meta = reproduce.run_metadata(reproduce.parse_args(["--rows", "center"]))
+    assert meta["quick"] is True and len(meta["commit"]) == 40
 
 
 def test_reproduce_table_says_where_we_miss_the_tutorial():
