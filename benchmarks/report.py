@@ -393,8 +393,10 @@ def reproduce_table(name: str) -> str:
             cells += [f"{sum(runs) / len(runs):.2f}" if runs else "-",
                       ", ".join(f"{a:.2f}" for a in runs) or "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    caption = (f"Test accuracy in percent after {document['epochs']} epoch(s), batch "
-               f"{document['batch_size']}, {document['seeds']} seed(s). "
+    length = (f"{document['max_steps']} steps" if document.get("max_steps")
+              else f"{document['epochs']} epoch(s)")
+    caption = (f"Test accuracy in percent after {length}, batch {document['batch_size']}, "
+               f"{document['seeds']} seed(s). "
                + _caption(document, "make reproduce"))
     return "\n".join(lines) + "\n\n" + caption + "\n"
 

@@ -15,7 +15,7 @@ seeds) to `--out` (default benchmarks/results/, where they are committed: the do
 generated from them). A full run is 5 rows x 3 seeds x 5 epochs; anything less is marked
 `"quick": true` in the file, e.g.
 
-    python -m benchmarks.reproduce --quick      # every row, 1 seed, 1 epoch
+    python -m benchmarks.reproduce --quick      # every row, 1 seed, 100 steps
     python -m benchmarks.reproduce --rows normalize --seeds 1 --epochs 1
 
 With `--keras` (and keras installed) every row is also run the tutorial's way by Keras itself
@@ -81,15 +81,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="data parallelism over local devices")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"),
                         help="folder for reproduce-<hardware>.json and .png")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop every run after this many steps (development runs)")
     parser.add_argument("--quick", action="store_true",
-                        help="1 seed and 1 epoch per row (the file says quick)")
+                        help="1 seed, 1 epoch of at most 100 steps per row (the file says "
+                        "quick)")
     parser.add_argument("--progress", action="store_true", help="per-run progress bars")
     parser.add_argument("--keras", action="store_true",
                         help="also run the small-CNN rows the tutorial's way in Keras "
                         "(ImageDataGenerator fit/flow + Sequential fit), same seeds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.epochs = 1, 1
+        args.seeds, args.epochs, args.max_steps = 1, 1, args.max_steps or 100
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
@@ -114,7 +117,7 @@ def run(args) -> dict:
     train_data = load_dataset("mnist", "train", data_dir=data_dir)
     test_data = load_dataset("mnist", "test", data_dir=data_dir)
     results = {"epochs": args.epochs, "seeds": args.seeds, "batch_size": args.batch_size,
-               "rows": {}}
+               "max_steps": args.max_steps, "rows": {}}
     for name in args.rows:
         row = ROWS[name]
         model, scaling = row.model, row.scaling
@@ -124,7 +127,8 @@ def run(args) -> dict:
                                  epochs=args.epochs, batch_size=args.batch_size,
                                  schedule=row.schedule, seed=seed, parallel=args.parallel)
             start = time.perf_counter()
-            result = train(config, train_data, test_data, progress=args.progress)
+            result = train(config, train_data, test_data, progress=args.progress,
+                           max_steps=args.max_steps)
             curve = [h["test_accuracy"] * 100 for h in result.history]
             runs.append({"seed": seed, "test_accuracy": curve,
                          "seconds": time.perf_counter() - start, "history": result.history})
@@ -203,7 +207,8 @@ def run_metadata(args) -> dict:
     from benchmarks.run import cpu_model
 
     device = jax.devices()[0]
-    full = args.epochs >= 5 and args.seeds >= 3 and set(args.rows) == set(ROWS)
+    full = (args.epochs >= 5 and args.seeds >= 3 and set(args.rows) == set(ROWS)
+            and args.max_steps is None)
     return {"time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             **report.provenance(), "quick": not full, "backend": jax.default_backend(),

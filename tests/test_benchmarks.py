@@ -255,7 +255,7 @@ def _reproduce_results(keras_runs=None):
 def test_reproduce_marks_anything_short_of_the_full_table_quick():
     assert reproduce.run_metadata(reproduce.parse_args([]))["quick"] is False
     quick = reproduce.parse_args(["--quick"])
-    assert (quick.seeds, quick.epochs) == (1, 1)
+    assert (quick.seeds, quick.epochs, quick.max_steps) == (1, 1, 100)
     assert reproduce.run_metadata(quick)["quick"] is True
     meta = reproduce.run_metadata(reproduce.parse_args(["--rows", "center"]))
     assert meta["quick"] is True and len(meta["commit"]) == 40
