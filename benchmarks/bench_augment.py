@@ -57,8 +57,12 @@ def _flow_row(images, batch_size, batches, repeats, keras_rate):
     whole = images[:max(1, len(images) // batch_size) * batch_size]
     flow = jaxscale.ImageDataGenerator(**RECIPE, rescale=1 / 255).flow(
         whole, batch_size=batch_size, seed=SEED)
+    # The flow computes several batches per compiled call and hands them out one by one: a
+    # repeat of fewer batches than an epoch would time batches computed before it started.
+    # So warm up over one epoch (every compiled variant) and time whole epochs.
+    epoch = len(flow)
     timing = measure(lambda _: next(flow), [None], items=batch_size, repeats=repeats,
-                     warmup=1, calls_per_repeat=batches)
+                     warmup=epoch, calls_per_repeat=-(-max(batches, epoch) // epoch) * epoch)
     return _row("flow", batch_size, timing, keras_rate)
 
 
