@@ -1,7 +1,6 @@
-"""The `jaxscale` command line: `jaxscale train ...` and `jaxscale stats ...`.
+"""The `jaxscale` command line: `jaxscale train ...` and `jaxscale stats ...`, e.g.::
 
-    jaxscale train --dataset mnist --model bn_cnn --scaling standardize --augment seed \\
-        --epochs 5 --batch-size 64 --devices all
+    jaxscale train --dataset mnist --model bn_cnn --scaling standardize --augment seed
     jaxscale stats --dataset mnist
 """
 
