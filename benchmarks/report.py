@@ -299,9 +299,16 @@ def _find(rows: list[dict], bench: str, name: str, batch_size: int | None = None
     return None
 
 
+def _data_words(source: str) -> str:
+    """A run's data source without the local paths: "real MNIST", "synthetic ..."."""
+    if source.startswith("mnist"):
+        return "real MNIST"
+    return source.split(" (")[0]
+
+
 def _caption(document: dict, command: str) -> str:
     meta = document.get("meta", {})
-    data = f", data: {meta['data_source']}" if meta.get("data_source") else ""
+    data = f", {_data_words(meta['data_source'])}" if meta.get("data_source") else ""
     return f"`{command}`: {describe_run(meta)}{data}."
 
 
@@ -342,7 +349,8 @@ _SECTION_COLUMNS = {
              ("meets_bar", "meets bar", lambda v: "-" if v is None else
               ("yes" if v else "**no**"))),
     "train": (("overhead_pct", "vs `none`", lambda v: _percent(v, signed=True)),),
-    "augment": (("augment_share", "share of the step", _percent),),
+    "augment": (("augment_share", "share of the step",
+                 lambda v: "-" if v is None else f"{v * 100:.1f} %"),),
     "pipeline": (("batches_per_s", "batches/s", lambda v: _number(v, ",.0f")),),
 }
 
@@ -365,8 +373,11 @@ def section_table(section: str, name: str) -> str:
             lines.append(f"| copy roofline | | | {_percent(row.get('spread'))} | | | "
                          f"{_number(row.get('gb_per_s'), '.2f')} | 100 % |")
             continue
+        spread = row.get("spread")
+        if spread is None and row.get("step_ms_median"):  # the train rows time steps
+            spread = row.get("step_ms_spread", math.nan) / row["step_ms_median"]
         cells = [row["name"], str(row.get("batch_size", "")), _rate(row.get("images_per_s")),
-                 _percent(row.get("spread", row.get("step_ms_spread"))),
+                 _percent(spread),
                  _rate(_peer_rate(row)), _ratio(row.get("ratio")),
                  *(format_(row.get(key)) for key, _, format_ in extra)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -425,7 +436,8 @@ def describe_scaling(config) -> str:
     if config.featurewise_std_normalization:
         steps.append("divide by the dataset std + 1e-6")
     if config.zca_whitening:
-        steps.append(f"ZCA-whiten (`zca_epsilon` {config.zca_epsilon:g})")
+        epsilon = f"{config.zca_epsilon:g}".replace("e-0", "e-")
+        steps.append(f"ZCA-whiten (`zca_epsilon` {epsilon})")
     return ", then ".join(steps) if steps else "float32 conversion only"
 
 

@@ -391,3 +391,19 @@ def test_flow_rows_time_the_public_flows_against_keras():
         assert row["images_per_s"] > 0 and row["keras_images_per_s"] > 0
         assert row["ratio"] == pytest.approx(row["images_per_s"] / row["keras_images_per_s"])
         assert isinstance(row["meets_bar"], bool) and len(row["seconds_repeats"]) == 2
+
+
+def test_docs_tables_are_rendered_between_their_markers():
+    from jaxscale.scaling import MODES
+
+    page = "intro\n<!-- generated: modes -->\nstale\n<!-- end generated -->\noutro\n"
+    rendered = report.render(page)
+    assert rendered.startswith("intro\n<!-- generated: modes -->\n| mode |")
+    assert rendered.endswith("<!-- end generated -->\noutro\n") and "stale" not in rendered
+    assert all(f"| `{mode}` |" in rendered for mode in MODES)
+    assert report.render(rendered) == rendered
+    with pytest.raises(ValueError, match="unknown generated table 'nope'"):
+        report.render("<!-- generated: nope -->\n<!-- end generated -->")
+    with pytest.raises(FileNotFoundError, match="make bench"):
+        report.render("<!-- generated: bench-summary bench-nowhere.json -->\n"
+                      "<!-- end generated -->")

@@ -1,4 +1,6 @@
-"""The `jaxscale` command line: `jaxscale train ...` and `jaxscale stats ...`, e.g.::
+"""The `jaxscale` command line: `jaxscale train ...` and `jaxscale stats ...`.
+
+For example::
 
     jaxscale train --dataset mnist --model bn_cnn --scaling standardize --augment seed
     jaxscale stats --dataset mnist
