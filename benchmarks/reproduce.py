@@ -204,7 +204,6 @@ def run_metadata(args) -> dict:
     import jax
 
     from benchmarks import report
-    from benchmarks.run import cpu_model
 
     device = jax.devices()[0]
     full = (args.epochs >= 5 and args.seeds >= 3 and set(args.rows) == set(ROWS)
@@ -214,38 +213,9 @@ def run_metadata(args) -> dict:
             **report.provenance(), "quick": not full, "backend": jax.default_backend(),
             "device": getattr(device, "device_kind", str(device)),
             "device_count": jax.device_count(), "host_cpus": os.cpu_count(),
-            "cpu_model": cpu_model(),
+            "cpu_model": report.cpu_model(),
             "versions": {name: report.version_of(name) for name in
                          ("jax", "jaxlib", "flax", "optax", "numpy", "keras", "jaxscale")}}
-
-
-def plot(results: dict, path: Path, *, source: Path | None = None) -> None:
-    """Test accuracy per epoch, mean over seeds, one line per row; `source` is recorded in
-    the PNG (`report.save_figure`)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from benchmarks import report
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, row in results["rows"].items():
-        curves = np.array([r["test_accuracy"] for r in row["runs"]])
-        epochs = np.arange(1, curves.shape[1] + 1)
-        line, = ax.plot(epochs, curves.mean(0), marker="o", label=f"{name} (ours)")
-        ax.axhline(row.get("bar", row["tutorial"]), color=line.get_color(), linestyle=":",
-                   linewidth=1)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    title = "MNIST test accuracy (dotted: the row's bar)"
-    if "meta" in results:
-        title = report.chart_title("make reproduce", results["meta"]) + "\n" + title
-    ax.set_title(title, fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    report.save_figure(fig, path, source=source, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -261,7 +231,7 @@ def main(argv=None) -> int:
     name = f"reproduce-{report.hardware_name(meta['backend'], meta['device'])}"
     json_path = out / f"{name}.json"
     json_path.write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, out / f"{name}.png", source=json_path)
+    report.write_accuracy_chart(results, out / f"{name}.png", source=json_path)
     print(markdown(results))
     print(f"wrote {json_path} and {out / f'{name}.png'}")
     return 0

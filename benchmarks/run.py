@@ -36,22 +36,11 @@ SECTIONS = ("stats", "scaling", "flow", "train", "augment", "pipeline")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
-def cpu_model() -> str:
-    """The host CPU's model name (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run_metadata(source: str, quick: bool) -> dict:
     """Device, versions, the commit measured and the data source, for the JSON file."""
     import jax
 
-    from benchmarks.report import provenance, version_of
+    from benchmarks.report import cpu_model, provenance, version_of
 
     device = jax.devices()[0]
     return {
