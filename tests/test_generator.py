@@ -168,9 +168,8 @@ def test_fit_with_identity_augmentation_rounds_keeps_statistics():
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"rescale": 1 / 255},
-    {"featurewise_center": True, "featurewise_std_normalization": True},
-    {"samplewise_center": True, "samplewise_std_normalization": True},
+    scaling.keras_keywords(scaling.MODES[mode])
+    for mode in ("normalize", "standardize", "sample_standardize")
 ])
 def test_flow_matches_keras_flow(kwargs):
     os.environ.setdefault("KERAS_BACKEND", "jax")
