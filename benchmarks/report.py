@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -128,7 +129,7 @@ def write_chart(path: str | Path, rows: list[dict], *, title: str = "",
     axes.invert_yaxis()
     axes.set_xscale("log")
     axes.set_xlabel("images per second (log scale, median of repeats)")
-    axes.set_title(title, fontsize=9)
+    axes.set_title("\n".join(textwrap.wrap(title, 100)), fontsize=9)
     axes.legend(fontsize=8, loc="lower right")
     axes.grid(axis="x", which="both", alpha=0.3)
     figure.tight_layout()
@@ -531,7 +532,8 @@ def write_accuracy_chart(results: dict, path: str | Path, *,
     axes.set_ylabel("test accuracy (%)")
     title = "MNIST test accuracy (dotted: the row's bar)"
     if "meta" in results:
-        title = chart_title("make reproduce", results["meta"]) + "\n" + title
+        title = "\n".join(textwrap.wrap(chart_title("make reproduce", results["meta"]), 80)
+                           + [title])
     axes.set_title(title, fontsize=8)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
