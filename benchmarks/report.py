@@ -195,7 +195,7 @@ def describe_run(meta: dict) -> str:
     versions = meta.get("versions") or {}
     pinned = ", ".join(f"{name} {versions[name]}" for name in ("jax", "keras")
                        if versions.get(name))
-    quick = "; quick run (fewer images and repeats)" if meta.get("quick") else ""
+    quick = "; a quick run, not the full one" if meta.get("quick") else ""
     return (f"{str(meta.get('time_utc', '?'))[:10]}, commit {commit}, {hardware}"
             f"{', ' + pinned if pinned else ''}{quick}")
 
@@ -520,6 +520,7 @@ def write_accuracy_chart(results: dict, path: str | Path, *,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, axes = plt.subplots(figsize=(6, 4))
     for name, row in results["rows"].items():
@@ -529,6 +530,7 @@ def write_accuracy_chart(results: dict, path: str | Path, *,
         axes.axhline(row.get("bar", row["tutorial"]), color=line.get_color(), linestyle=":",
                      linewidth=1)
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes.set_ylabel("test accuracy (%)")
     title = "MNIST test accuracy (dotted: the row's bar)"
     if "meta" in results:

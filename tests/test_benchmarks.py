@@ -228,7 +228,7 @@ def test_a_run_records_the_commit_it_measured():
                                 "host_cpus": 2, "versions": {"jax": "0.10.2"},
                                 "quick": True})
     assert line == ("2026-12-01, commit aaaaaaaa + uncommitted changes, EPYC, 2 cores, "
-                    "jax 0.10.2; quick run (fewer images and repeats)")
+                    "jax 0.10.2; a quick run, not the full one")
 
 
 def test_run_rejects_unknown_section():
