@@ -8,6 +8,11 @@ JAX_EXTRA ?= $(shell cat $(VENV)/.jax-extra 2>/dev/null || echo cpu)
 # Pinned versions that were tested together; `make install CONSTRAINTS=` to float them.
 CONSTRAINTS ?= -c constraints.txt
 STAMP := $(VENV)/.installed-$(JAX_EXTRA)
+# `make test` runs the tests marked `numerics` (rounding-sensitive: sums in other orders,
+# float64 and Keras references) a second time with XLA:CPU's code generation capped at this
+# ISA, so a developer on an AVX-512 machine sees what an AVX2-only CPU computes. x86-64 only;
+# `make test NUMERICS_ISA=` skips the second pass.
+NUMERICS_ISA ?= $(if $(filter x86_64 amd64,$(shell uname -m)),AVX2,)
 
 .PHONY: install test test-slow bench bench-quick reproduce docs-tables docs lint clean
 
@@ -22,6 +27,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: install
 	$(PY) -m pytest -q -n 2 -m "not slow"
+ifneq ($(NUMERICS_ISA),)
+	XLA_FLAGS="$(strip $(XLA_FLAGS) --xla_cpu_max_isa=$(NUMERICS_ISA))" \
+		$(PY) -m pytest -q -n 2 -m "numerics and not slow"
+endif
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

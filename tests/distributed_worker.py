@@ -4,8 +4,8 @@
         --num-processes 2 --process-id 0 --out DIR
 
 Modes:
-  job:  global dataset statistics of this process's shard, then a few SGD steps of the
-        package's BN CNN (the trainer's jit + Mesh program over all devices of all processes)
+  job:  global dataset statistics of this process's shard, then a few SGD steps (in float64)
+        of the package's BN CNN (the trainer's jit + Mesh program over all devices of all processes)
         on the global batches of the epoch order, each process reading only its rows of every
         batch, standardized with statistics fitted across processes. Writes DIR/<id>.json.
         With --num-processes 1 and no coordinator it is the single-process reference: the same
@@ -42,11 +42,7 @@ STEPS = 3
 
 
 def run_job(args) -> dict:
-    from jaxscale.data.pipeline import HostSource
     from jaxscale.scaling import scaling_config
-    from jaxscale.training.config import TrainConfig, make_optimizer
-    from jaxscale.training.runners import make_runner
-    from jaxscale.training.steps import create_train_state
 
     dataset = synthetic_dataset(NUM_EXAMPLES, IMAGE_SHAPE, seed=1)
     local_images = dataset.images[distributed.process_shard(len(dataset),
@@ -55,25 +51,14 @@ def run_job(args) -> dict:
              for scope in ("channel", "global")}
 
     # The trainer's program on the jit + Mesh path, over every device of every process; each
-    # process reads only its rows of every global batch (HostSource), as train() does.
-    config = TrainConfig(model="bn_cnn", scaling="standardize", optimizer="sgd",
-                         learning_rate=0.05, batch_size=GLOBAL_BATCH,
-                         eval_batch_size=GLOBAL_BATCH, parallel="mesh", seed=0)
-    scaling = scaling_config(config.scaling)
+    # process reads only its rows of every global batch (HostSource), as train() does. In
+    # float64: the test compares it with one process whose reductions add the same rows in
+    # another order, and float32's rounding of those, grown through a few SGD steps, depends on
+    # the CPU (see tests/test_parallel.py, RELATIVE).
+    scaling = scaling_config("standardize")
     scaling_params = distributed.global_scaling_params(scaling, local_images, batch_size=16)
-    tx = make_optimizer(config, STEPS)
-    runner = make_runner("mesh", config, tx, scaling, scaling_params, devices=jax.devices(),
-                         train_take=HostSource.take)
-    source = HostSource(dataset, placement=runner.placement)
-    state = runner.put_state(create_train_state(runner.model, tx, IMAGE_SHAPE,
-                                                jax.random.PRNGKey(config.seed)))
-    key = runner.put_key(config.seed)
-    losses = []
-    for chunk in source.epoch(config.seed, 0, config.batch_size, drop_remainder=True,
-                              stop=STEPS):
-        state, sums = runner.train(state, runner.train_sums(), source.data, chunk, key)
-        losses.append(float(np.asarray(sums["loss"].addressable_data(0))))
-    host_state = runner.get_state(state)
+    with jax.enable_x64(True):
+        losses, host_state = _train_float64(dataset, scaling, scaling_params)
     leaves = jax.tree_util.tree_leaves((host_state.params, host_state.batch_stats))
     checksum = [float(np.abs(np.asarray(leaf, np.float64)).sum()) for leaf in leaves]
     return {
@@ -83,7 +68,39 @@ def run_job(args) -> dict:
                           "std": np.asarray(s.std).tolist()} for scope, s in stats.items()},
         "scaling_mean": np.asarray(scaling_params.mean).tolist(),
         "losses": losses, "param_checksum": checksum,
+        "param_dtypes": sorted({str(np.asarray(leaf).dtype) for leaf in leaves}),
     }
+
+
+def _train_float64(dataset, scaling, scaling_params):
+    """STEPS SGD steps with float64 parameters and BatchNorm statistics; (losses, state)."""
+    from jaxscale.data.pipeline import HostSource
+    from jaxscale.training.config import TrainConfig, make_optimizer
+    from jaxscale.training.runners import make_runner
+    from jaxscale.training.steps import create_train_state
+
+    config = TrainConfig(model="bn_cnn", scaling="standardize", optimizer="sgd",
+                         learning_rate=0.05, batch_size=GLOBAL_BATCH,
+                         eval_batch_size=GLOBAL_BATCH, parallel="mesh", seed=0)
+    tx = make_optimizer(config, STEPS)
+    runner = make_runner("mesh", config, tx, scaling, scaling_params, devices=jax.devices(),
+                         train_take=HostSource.take)
+    source = HostSource(dataset, placement=runner.placement)
+    state = create_train_state(runner.model, tx, IMAGE_SHAPE, jax.random.PRNGKey(config.seed))
+
+    def wide(tree):
+        return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), tree)
+
+    params = wide(state.params)
+    state = runner.put_state(state.replace(params=params, batch_stats=wide(state.batch_stats),
+                                           opt_state=tx.init(params)))
+    key = runner.put_key(config.seed)
+    losses = []
+    for chunk in source.epoch(config.seed, 0, config.batch_size, drop_remainder=True,
+                              stop=STEPS):
+        state, sums = runner.train(state, runner.train_sums(), source.data, chunk, key)
+        losses.append(float(np.asarray(sums["loss"].addressable_data(0))))
+    return losses, runner.get_state(state)
 
 
 def run_train(args) -> dict:

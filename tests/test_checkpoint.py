@@ -21,7 +21,7 @@ FORMATS = [pytest.param("orbax", marks=pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def data():
-    return synthetic_dataset(192, (28, 28, 1), 10, seed=5)
+    return synthetic_dataset(96, (28, 28, 1), 10, seed=5)
 
 
 @pytest.fixture(params=FORMATS)
@@ -192,25 +192,25 @@ def _records(path):
 
 def test_resumed_run_matches_uninterrupted_metrics_included(data, tmp_path, fmt, straight):
     # bn_cnn with dropout and augmentation: every random draw must line up after resuming
-    # mid-epoch (6 steps per epoch, interrupted at step 4, then at step 8 after a save).
+    # mid-epoch (3 steps per epoch, interrupted at step 2, then at step 5).
     reference, reference_metrics = straight
     ckpt, metrics = tmp_path / "ckpt", tmp_path / "metrics.jsonl"
     test = (data.images[:64], data.labels[:64])
-    train(CONFIG, data, test, checkpoint_dir=ckpt, max_steps=4, metrics_path=metrics,
+    train(CONFIG, data, test, checkpoint_dir=ckpt, max_steps=2, metrics_path=metrics,
           log_every=2)
-    assert checkpoint.latest_checkpoint(ckpt).name == f"step_00000004.{fmt}"
-    # a run that got further than its last checkpoint (killed after step 5's metrics)
+    assert checkpoint.latest_checkpoint(ckpt).name == f"step_00000002.{fmt}"
+    # a run that got further than its last checkpoint (killed after step 3's metrics)
     with open(metrics, "a") as handle:
-        handle.write(json.dumps({"kind": "step", "step": 5}) + "\n" + '{"kind": "st')
-    train(CONFIG, data, test, checkpoint_dir=ckpt, resume=True, max_steps=8,
+        handle.write(json.dumps({"kind": "step", "step": 3}) + "\n" + '{"kind": "st')
+    train(CONFIG, data, test, checkpoint_dir=ckpt, resume=True, max_steps=5,
           metrics_path=metrics, log_every=2)
     resumed = train(CONFIG, data, test, checkpoint_dir=ckpt, resume=True,
                     metrics_path=metrics, log_every=2)
-    assert int(resumed.state.step) == int(reference.state.step) == 12
+    assert int(resumed.state.step) == int(reference.state.step) == 6
     for a, b in zip(_leaves(reference.state), _leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
     # epoch metrics are those of the uninterrupted run (running sums saved mid-epoch)
-    assert [h["step"] for h in resumed.history] == [6, 12]
+    assert [h["step"] for h in resumed.history] == [3, 6]
     for a, b in zip(reference.history, resumed.history):
         for name in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
             assert a[name] == b[name], name
@@ -248,11 +248,11 @@ def test_resume_refuses_other_training_data_and_allows_named_changes(data, tmp_p
     ckpt = tmp_path / "ckpt"
     config = CONFIG.replace(model="small_cnn", augment=None)
     train(config, data, checkpoint_dir=ckpt, max_steps=2)
-    with pytest.raises(ValueError, match="data.num_examples: 192 -> 160"):
-        train(config, data.take(slice(0, 160)), checkpoint_dir=ckpt, resume=True)
+    with pytest.raises(ValueError, match="data.num_examples: 96 -> 64"):
+        train(config, data.take(slice(0, 64)), checkpoint_dir=ckpt, resume=True)
     more = train(config.replace(epochs=3), data, checkpoint_dir=ckpt, resume=True,
                  allow_changes=("epochs",))
-    assert int(more.state.step) == 3 * 6
+    assert int(more.state.step) == 3 * 3
     # execution-only fields may always change
     train(config.replace(epochs=3, steps_per_call=4), data, checkpoint_dir=ckpt, resume=True,
           allow_changes=("epochs",))

@@ -1,4 +1,4 @@
-"""jaxscale.datasets: real MNIST through tfds (offline) and the raw reader, file errors."""
+"""jaxscale.data.datasets: real MNIST through tfds (offline) and the raw reader, file errors."""
 
 import gzip
 import hashlib

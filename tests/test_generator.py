@@ -171,6 +171,7 @@ def test_fit_with_identity_augmentation_rounds_keeps_statistics():
     scaling.keras_keywords(scaling.MODES[mode])
     for mode in ("normalize", "standardize", "sample_standardize")
 ])
+@pytest.mark.numerics
 def test_flow_matches_keras_flow(kwargs):
     os.environ.setdefault("KERAS_BACKEND", "jax")
     legacy = pytest.importorskip("keras.src.legacy.preprocessing.image")
@@ -282,6 +283,7 @@ def test_random_transform_equals_apply_of_get_random_transform():
         gen.random_transform(x)
 
 
+@pytest.mark.numerics
 def test_apply_transform_matches_keras():
     os.environ.setdefault("KERAS_BACKEND", "jax")
     legacy = pytest.importorskip("keras.src.legacy.preprocessing.image")

@@ -392,7 +392,7 @@ def test_stream_statistics_equal_the_arrays_statistics(data, reader):
     np.testing.assert_allclose(fitted.mean, mean64, rtol=rtol)
     np.testing.assert_allclose(fitted.std ** 2, var64, rtol=2 * rtol)
     # the multi-host fit takes the stream as it is (each host its part, merged exactly)
-    from jaxscale.distributed import global_scaling_params
+    from jaxscale.training.distributed import global_scaling_params
     hosts = global_scaling_params(config, streaming.image_batches(reader, 29))
     np.testing.assert_array_equal(hosts.mean, fitted.mean)
     np.testing.assert_array_equal(hosts.std, fitted.std)

@@ -117,17 +117,23 @@ def _leaves(result):
 
 
 @pytest.fixture(scope="module")
-def one_step_per_call(data):
+def small(data):
+    return data.take(slice(0, 128))
+
+
+@pytest.fixture(scope="module")
+def one_step_per_call(small):
     # BN CNN with dropout: its random draws must line up whatever the input and chunking.
     config = TrainConfig(model="bn_cnn", scaling="standardize", epochs=2, batch_size=32,
                          seed=4)
-    return config, train(config, data, (data.images[:64], data.labels[:64]),
+    return config, train(config, small, (small.images[:64], small.labels[:64]),
                          input="resident", log_every=3)
 
 
+# 4 steps per epoch: chunks of 3 leave a chunk of 1; 16 make one chunk per epoch
 @pytest.mark.parametrize("input,steps_per_call", [("resident", 3), ("resident", 16),
-                                                  ("streaming", 1), ("streaming", 5)])
-def test_every_input_and_chunk_size_gives_the_same_run(data, one_step_per_call, input,
+                                                  ("streaming", 1), ("streaming", 3)])
+def test_every_input_and_chunk_size_gives_the_same_run(small, one_step_per_call, input,
                                                        steps_per_call):
     # The same steps on the same batches, in the same order: the programs differ only in
     # where the batch comes from (a gather from the resident copy, or streamed rows) and how
@@ -136,8 +142,8 @@ def test_every_input_and_chunk_size_gives_the_same_run(data, one_step_per_call, 
     # resampling's float32 coordinate arithmetic into different fusions in the two programs,
     # which may round differently: `test_augmentation_in_both_programs_agrees` bounds that.)
     config, reference = one_step_per_call
-    result = train(config.replace(steps_per_call=steps_per_call), data,
-                   (data.images[:64], data.labels[:64]), input=input, log_every=3)
+    result = train(config.replace(steps_per_call=steps_per_call), small,
+                   (small.images[:64], small.labels[:64]), input=input, log_every=3)
     assert result.input == input
     for a, b in zip(_leaves(reference), _leaves(result)):
         np.testing.assert_array_equal(a, b)
@@ -163,18 +169,18 @@ def test_augmentation_in_both_programs_agrees(data):
     np.testing.assert_allclose(np.asarray(resident), np.asarray(streamed), rtol=0, atol=0.014)
 
 
-def test_a_run_compiles_once_however_many_epochs(data):
+def test_a_run_compiles_once_however_many_epochs(small):
     # Every train() builds its programs anew, so each run compiles them once; what must not
-    # happen is a compilation per epoch or per step. Chunks of 3 steps over 8 steps per epoch
-    # have two shapes (3 and 2): both compile in the first epoch, nothing after it.
+    # happen is a compilation per epoch or per step. Chunks of 3 steps over 4 steps per epoch
+    # have two shapes (3 and 1): both compile in the first epoch, nothing after it.
     config = TrainConfig(model="small_cnn", scaling="standardize", epochs=1, batch_size=32,
                          steps_per_call=3)
-    train(config, data)  # module-level programs (the epoch order) compile here
+    train(config, small)  # module-level programs (the epoch order) compile here
     with count_compiles() as one_epoch:
-        train(config, data)
+        train(config, small)
     with count_compiles() as three_epochs:
-        train(config.replace(epochs=3), data)
-    assert one_epoch[0] >= 2
+        train(config.replace(epochs=3), small)
+    # (0 and 0 when the persistent compilation cache already holds the programs)
     assert three_epochs[0] == one_epoch[0]
 
 

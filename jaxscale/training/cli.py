@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard scalars to --output-dir/tb")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--compilation-cache", default=DEFAULT_COMPILATION_CACHE,
+                       help="JAX's persistent compilation cache: a later run of the same "
+                       "program loads it instead of compiling ('' turns it off; "
+                       "$JAX_COMPILATION_CACHE_DIR wins)")
     distributed_flags(train)
 
     stats = commands.add_parser(
@@ -238,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     # jaxscale.cpu).
     tune_host_allocator()
     _log_to_stderr()
+    if getattr(args, "compilation_cache", ""):
+        use_compilation_cache(args.compilation_cache)
     try:
         if args.command == "train":
             run_train(args)
@@ -247,6 +253,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxscale {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+DEFAULT_COMPILATION_CACHE = "~/.cache/jaxscale/xla"
+
+
+def use_compilation_cache(directory: str) -> None:
+    """JAX's persistent compilation cache in `directory`, unless the environment already
+    chose one (JAX_COMPILATION_CACHE_DIR): compiled steps are reused by later runs."""
+    import os
+
+    import jax
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    jax.config.update("jax_compilation_cache_dir", str(Path(directory).expanduser()))
 
 
 def _log_to_stderr() -> None:

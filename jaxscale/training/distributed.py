@@ -108,7 +108,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     explicit = (coordinator_address, num_processes, process_id)
     if None in explicit and not on_cloud_tpu_vm() and not _known_cluster():
         raise ValueError(
-            "jaxscale.distributed.initialize: not on a Cloud TPU VM or Slurm/Open MPI job, so "
+            "jaxscale.training.distributed.initialize: not on a Cloud TPU VM or Slurm/Open MPI job, so "
             "give coordinator_address ('host:port' of process 0), num_processes and process_id "
             "(or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); got "
             f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, "

@@ -286,9 +286,14 @@ def _chunk_breaks(epoch_start: int, first: int, last: int, every: int) -> tuple[
                                                 epoch_start + last, every))
 
 
-def _means(sums) -> dict:
-    host = {k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0]) for k, v in
+def _host_floats(sums) -> dict:
+    """Running sums (replicated float32[] per name) as host floats."""
+    return {k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0]) for k, v in
             sums.items()}
+
+
+def _means(sums) -> dict:
+    host = _host_floats(sums)
     steps = max(host.pop("steps"), 1.0)
     return {k: v / steps for k, v in host.items()}
 
@@ -301,8 +306,7 @@ def evaluate(runner: Runner, state, source, batch_size: int, *, steps_per_call: 
     for chunk in source.epoch(0, 0, batch_size, shuffle=False, drop_remainder=False,
                               steps_per_call=steps_per_call):
         sums = runner.eval(state, sums, source.data, chunk)
-    total = {k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0])
-             for k, v in sums.items()}
+    total = _host_floats(sums)
     count = max(total["count"], 1.0)
     return {"loss": total["loss_sum"] / count, "accuracy": total["correct"] / count}
 
@@ -350,97 +354,137 @@ def train(config: TrainConfig, train_data, test_data=None, *,
     host_state = create_train_state(runner.model, run.tx, run.source.image_shape,
                                     jax.random.fold_in(jax.random.PRNGKey(config.seed),
                                                        1 << 20))
-    progress_now = _Progress(step=0, history=[], sums=None)
+    position = _Progress(step=0, history=[], sums=None)
     restored = None
     if checkpoint_dir is not None and resume:
         restored = _restore(run, host_state, checkpoint_dir, tuple(allow_changes))
         if restored is not None:
-            host_state, progress_now = restored
+            host_state, position = restored
     state = runner.put_state(host_state)
-    key = runner.put_key(config.seed)
     main = jax.process_index() == 0
-    history = progress_now.history
-    step = progress_now.step
-    sums = None
-
-    def save(state_now, sums_now):
-        if checkpoint_dir is None or not main:
-            return
-        sums_host = None if sums_now is None else {
-            k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0])
-            for k, v in sums_now.items()}
-        epoch_now = step // run.steps_per_epoch
-        meta = {"config": config.to_dict(), "data": run.data, "history": history,
-                "epoch_sums": sums_host,
-                "data_iterator": {"seed": config.seed, "epoch": epoch_now,
-                                  "step_in_epoch": step - epoch_now * run.steps_per_epoch}}
-        checkpoint.save_checkpoint(checkpoint_dir, runner.get_state(state_now), meta=meta,
-                                   scaling=(run.scaling, run.scaling_params))
-
-    writer = MetricsWriter(metrics_path if main else None,
-                           tensorboard_dir if main else None,
-                           resume_step=step if restored is not None else None)
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=run.total_steps, initial=step, unit="step", dynamic_ncols=True)
+    saver = _Saver(run, checkpoint_dir if main else None, position.history)
+    log = _Log(run, metrics_path if main else None, tensorboard_dir if main else None,
+               progress=progress and main, step=position.step,
+               resumed=restored is not None)
+    step, sums = position.step, None
     try:
         while step < run.total_steps:
             epoch = step // run.steps_per_epoch
-            epoch_start = epoch * run.steps_per_epoch
-            first = step - epoch_start
-            last = min(run.steps_per_epoch, run.total_steps - epoch_start)
-            sums = runner.train_sums() if progress_now.sums is None or first == 0 else \
-                runner.put_state({k: np.float32(v) for k, v in progress_now.sums.items()})
-            progress_now.sums = None
-            started, window_start, window_step = time.perf_counter(), time.perf_counter(), step
-            chunks = run.source.epoch(config.seed, epoch, config.batch_size,
-                                      drop_remainder=True, start=first, stop=last,
-                                      steps_per_call=config.steps_per_call,
-                                      breaks=_chunk_breaks(epoch_start, first, last,
-                                                           checkpoint_every))
-            means = None
-            for chunk in chunks:
-                state, sums = runner.train(state, sums, run.source.data, chunk, key)
-                done = int(jax.tree_util.tree_leaves(chunk)[0].shape[
-                    1 if runner.kind == "pmap" else 0])
-                previous, step = step, step + done
-                if checkpoint_every and step // checkpoint_every > previous // checkpoint_every \
-                        and step < run.total_steps:
-                    save(state, sums)
-                if step // log_every > previous // log_every or step == epoch_start + last:
-                    means = _means(sums)
-                    now = time.perf_counter()
-                    rate = (step - window_step) * config.batch_size / max(now - window_start,
-                                                                          1e-9)
-                    window_start, window_step = now, step
-                    if bar is not None:
-                        bar.update(step - bar.n)
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{means['loss']:.4f}",
-                                        acc=f"{means['accuracy']:.4f}", img_s=f"{rate:.0f}")
-                    writer.write({"kind": "step", "step": step, "epoch": epoch + 1,
-                                  "train_loss": means["loss"],
-                                  "train_accuracy": means["accuracy"], "images_per_s": rate})
-            seconds = time.perf_counter() - started
-            record = {"epoch": epoch + 1, "step": step, "train_loss": means["loss"],
-                      "train_accuracy": means["accuracy"], "test_loss": None,
-                      "test_accuracy": None, "seconds": seconds,
-                      "images_per_s": (last - first) * config.batch_size / seconds}
-            if run.test_source is not None:
-                result = evaluate(runner, state, run.test_source, config.eval_batch_size)
-                record.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
-            # an epoch cut short by max_steps is recorded as such; a resumed run supersedes it
-            finished = step == epoch_start + run.steps_per_epoch
-            history.append(record)
-            writer.write({"kind": "epoch" if finished else "partial_epoch", **record})
-            if bar is not None:
-                bar.write(epoch_line(record))
-        save(state, None if step % run.steps_per_epoch == 0 else sums)
+            if position.sums is not None and step % run.steps_per_epoch:
+                sums = runner.put_state({k: np.float32(v) for k, v in position.sums.items()})
+            else:
+                sums = runner.train_sums()
+            position.sums = None
+            state, sums, step = _train_epoch(run, state, sums, epoch, step, saver, log,
+                                             checkpoint_every=checkpoint_every,
+                                             log_every=log_every)
+        saver.save(state, None if step % run.steps_per_epoch == 0 else sums, step)
     finally:
-        if bar is not None:
-            bar.close()
-        writer.close()
-    return TrainResult(state=runner.get_state(state), history=history,
+        log.close()
+    return TrainResult(state=runner.get_state(state), history=position.history,
                        scaling=(run.scaling, run.scaling_params), config=config,
                        input=run.input)
 
+
+def _train_epoch(run: _Run, state, sums, epoch: int, step: int, saver: "_Saver",
+                 log: "_Log", *, checkpoint_every: int, log_every: int):
+    """Trains from global `step` to the end of `epoch` (or of the run), checkpointing and
+    logging between chunks, then evaluates and records the epoch. Returns (state, sums,
+    step)."""
+    config, runner = run.config, run.runner
+    epoch_start = epoch * run.steps_per_epoch
+    first, last = step - epoch_start, min(run.steps_per_epoch, run.total_steps - epoch_start)
+    started = time.perf_counter()
+    key = runner.put_key(config.seed)
+    chunks = run.source.epoch(config.seed, epoch, config.batch_size, drop_remainder=True,
+                              start=first, stop=last, steps_per_call=config.steps_per_call,
+                              breaks=_chunk_breaks(epoch_start, first, last, checkpoint_every))
+    means = None
+    for chunk in chunks:
+        state, sums = runner.train(state, sums, run.source.data, chunk, key)
+        done = int(jax.tree_util.tree_leaves(chunk)[0].shape[1 if runner.kind == "pmap" else 0])
+        previous, step = step, step + done
+        if checkpoint_every and step // checkpoint_every > previous // checkpoint_every \
+                and step < run.total_steps:
+            saver.save(state, sums, step)
+        # a stop by max_steps reads the means (for the partial epoch's record) but logs no
+        # step record off the log_every grid: a resumed run would not have it
+        logged = step // log_every > previous // log_every or \
+            step == epoch_start + run.steps_per_epoch
+        if logged or step == epoch_start + last:
+            means = _means(sums)
+        log.step(step, epoch, means if logged else None)
+    seconds = time.perf_counter() - started
+    record = {"epoch": epoch + 1, "step": step, "train_loss": means["loss"],
+              "train_accuracy": means["accuracy"], "test_loss": None, "test_accuracy": None,
+              "seconds": seconds, "images_per_s": (last - first) * config.batch_size / seconds}
+    if run.test_source is not None:
+        result = evaluate(runner, state, run.test_source, config.eval_batch_size)
+        record.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+    saver.history.append(record)
+    # an epoch cut short by max_steps is recorded as such; a resumed run supersedes it
+    log.epoch(record, finished=step == epoch_start + run.steps_per_epoch)
+    return state, sums, step
+
+
+class _Saver:
+    """Checkpoints of a run (process 0's job; `directory` None on the others)."""
+
+    def __init__(self, run: _Run, directory, history: list[dict]):
+        self.run, self.directory, self.history = run, directory, history
+
+    def save(self, state, sums, step: int) -> None:
+        """The state at `step` with the run's metadata and the current epoch's running sums
+        (None at an epoch's end)."""
+        if self.directory is None:
+            return
+        run = self.run
+        epoch = step // run.steps_per_epoch
+        meta = {"config": run.config.to_dict(), "data": run.data, "history": self.history,
+                "epoch_sums": None if sums is None else _host_floats(sums),
+                "data_iterator": {"seed": run.config.seed, "epoch": epoch,
+                                  "step_in_epoch": step - epoch * run.steps_per_epoch}}
+        checkpoint.save_checkpoint(self.directory, run.runner.get_state(state), meta=meta,
+                                   scaling=(run.scaling, run.scaling_params))
+
+
+class _Log:
+    """The run's metrics file, TensorBoard scalars and progress bar."""
+
+    def __init__(self, run: _Run, metrics_path, tensorboard_dir, *, progress: bool,
+                 step: int, resumed: bool):
+        self.batch_size = run.config.batch_size
+        self.writer = MetricsWriter(metrics_path, tensorboard_dir,
+                                    resume_step=step if resumed else None)
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=run.total_steps, initial=step, unit="step",
+                            dynamic_ncols=True)
+        self.window = (time.perf_counter(), step)
+
+    def step(self, step: int, epoch: int, means: dict | None) -> None:
+        """Progress to `step`; with `means`, a step record and the bar's figures."""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+        if means is None:
+            return
+        now = time.perf_counter()
+        rate = (step - self.window[1]) * self.batch_size / max(now - self.window[0], 1e-9)
+        self.window = (now, step)
+        if self.bar is not None:
+            self.bar.set_postfix(epoch=epoch + 1, loss=f"{means['loss']:.4f}",
+                                 acc=f"{means['accuracy']:.4f}", img_s=f"{rate:.0f}")
+        self.writer.write({"kind": "step", "step": step, "epoch": epoch + 1,
+                           "train_loss": means["loss"], "train_accuracy": means["accuracy"],
+                           "images_per_s": rate})
+
+    def epoch(self, record: dict, *, finished: bool) -> None:
+        self.writer.write({"kind": "epoch" if finished else "partial_epoch", **record})
+        if self.bar is not None:
+            self.bar.write(epoch_line(record))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()

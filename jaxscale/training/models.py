@@ -3,7 +3,8 @@
 Every model takes float32[N, H, W, C] (channels_last, already scaled) and returns float32
 logits [N, num_classes]. `train` switches dropout on and BatchNorm to batch statistics.
 `dtype` is the compute dtype of convolutions and dense layers (bfloat16 on accelerators);
-parameters, BatchNorm and the logits stay float32.
+parameters, BatchNorm statistics and the logits stay float32. None (the default) computes in
+the parameters' dtype.
 
 Register a new model with `register_model("name")` on a function
 `(num_classes, **kwargs) -> flax.linen.Module`; `get_model(name, num_classes)` builds it.
@@ -31,11 +32,11 @@ class SmallCNN(nn.Module):
 
     Attributes:
       num_classes: logits per image.
-      dtype: compute dtype of the layers.
+      dtype: compute dtype of the layers (None: the parameters').
     """
 
     num_classes: int = 10
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -47,7 +48,7 @@ class SmallCNN(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(64, **layer)(x))
-        return nn.Dense(self.num_classes, **layer)(x).astype(jnp.float32)
+        return _logits(nn.Dense(self.num_classes, **layer)(x), self.dtype)
 
 
 class BNCNN(nn.Module):
@@ -63,13 +64,13 @@ class BNCNN(nn.Module):
       axis_name: the pmap axis over which BatchNorm averages its batch statistics, so every
         device normalises with the statistics of the whole global batch; None when the whole
         batch is one array (single device, or jit over a mesh).
-      dtype: compute dtype of the convolutions and dense layers.
+      dtype: compute dtype of the convolutions and dense layers (None: the parameters').
     """
 
     num_classes: int = 10
     dropout_rate: float = 0.2
     axis_name: str | None = None
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -89,7 +90,12 @@ class BNCNN(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(bn(nn.Dense(512, use_bias=False, dtype=self.dtype)(x)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return _logits(nn.Dense(self.num_classes, dtype=self.dtype)(x), self.dtype)
+
+
+def _logits(logits: jnp.ndarray, dtype) -> jnp.ndarray:
+    """Logits for the loss: float32 when the layers compute in a narrower dtype."""
+    return logits if dtype is None else logits.astype(jnp.promote_types(dtype, jnp.float32))
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}

@@ -158,7 +158,9 @@ def make_runner(kind: str, config: TrainConfig, tx, scaling, scaling_params=None
     placement.check_batch(config.eval_batch_size, "eval_batch_size")
     axis_name = PMAP_AXIS if kind == "pmap" else None
     model = get_model(config.model, num_classes, axis_name=axis_name,
-                      dropout_rate=config.dropout_rate, dtype=jnp.dtype(config.compute_dtype))
+                      dropout_rate=config.dropout_rate,
+                      dtype=None if config.compute_dtype == "float32" else
+                      jnp.dtype(config.compute_dtype))
     step = make_train_step(model, tx, scaling, scaling_params, config.augment,
                            label_smoothing=config.label_smoothing, axis_name=axis_name)
     evaluate = make_eval_step(model, scaling, scaling_params, axis_name=axis_name)

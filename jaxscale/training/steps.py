@@ -160,12 +160,16 @@ EVAL_SUMS = ("loss_sum", "correct", "count")
 
 
 def zero_sums(names: tuple[str, ...] = TRAIN_SUMS) -> dict:
-    """float32[] zeros for the running sums of `train_chunk` (or `eval_chunk`)."""
-    return {name: jnp.zeros((), jnp.float32) for name in names}
+    """Zeros for the running sums of `train_chunk` (or `eval_chunk`): float32[] (float64[]
+    when jax_enable_x64 is on)."""
+    dtype = jnp.result_type(float)
+    return {name: jnp.zeros((), dtype) for name in names}
 
 
 def _add(sums: dict, values: dict) -> dict:
-    return {name: sums[name] + values[name] for name in sums}
+    """sums + values, in the sums' dtype (whatever the model computes in)."""
+    return {name: sums[name] + jnp.asarray(values[name]).astype(sums[name].dtype)
+            for name in sums}
 
 
 def train_chunk(train_step: Callable, take: Callable) -> Callable:
