@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(JAX_EXTRA)
 # `make test NUMERICS_ISA=` skips the second pass.
 NUMERICS_ISA ?= $(if $(filter x86_64 amd64,$(shell uname -m)),AVX2,)
 
-.PHONY: install test test-slow bench bench-quick reproduce lint clean
+.PHONY: install test test-slow bench bench-quick reproduce docs-tables docs lint clean
 
 install: $(STAMP)
 
@@ -44,8 +44,19 @@ bench-quick: install
 reproduce: install
 	$(PY) -m benchmarks.reproduce
 
+# The tables of README.md and docs/*.md (and the charts) from the committed results files
+# under benchmarks/results/; tests/test_docs.py checks that they are up to date.
+docs-tables: install
+	$(PY) -m benchmarks.report --docs
+
+# The HTML docs with the API reference from the docstrings (Sphinx); installs the `docs`
+# extra first (the tests and CI do not need it). Output: docs/_build/html/index.html.
+docs: install
+	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[docs]"
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
 lint: install
 	$(VENV)/bin/shellcheck scripts/*.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build docs/_autosummary

@@ -61,7 +61,7 @@ def flow_rows(images: np.ndarray, *, modes=MODES, repeats: int = 5, batches: int
     """One row per scaling mode: our public flow against Keras' flow."""
     rows = []
     for mode in modes:
-        keywords = keras_peer.KERAS_KEYWORDS[mode]
+        keywords = keras_peer.keras_mode_keywords(mode)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             generator = jaxscale.ImageDataGenerator(**keywords)

@@ -9,7 +9,10 @@ BN CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the see
 Keras' `flow`, and its share of the train step) and pipeline (device-resident vs streaming
 input). A section that fails is reported as n/a with why, and the others still run.
 
-Writes `<out>/latest.json` (+ a timestamped copy) and `<out>/latest.png`, and prints a table.
+Writes `<out>/bench-<hardware>.json` (`bench-cpu.json`, `bench-h100.json`, ...: device,
+versions, commit, every repeat) and its chart `<out>/bench-<hardware>.png`, and prints a table.
+The files under benchmarks/results/ are committed: the docs' tables are generated from them
+(`python -m benchmarks.report --docs`).
 Method: warm-up excluded, `block_until_ready`, median and spread of repeats, rotated buffers.
 """
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import os
 import platform
 import sys
@@ -34,31 +36,16 @@ SECTIONS = ("stats", "scaling", "flow", "train", "augment", "pipeline")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
-def _version(module: str) -> str | None:
-    try:
-        return getattr(importlib.import_module(module), "__version__", "unknown")
-    except ImportError:
-        return None
-
-
-def cpu_model() -> str:
-    """The host CPU's model name (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run_metadata(source: str, quick: bool) -> dict:
-    """Device, versions and data source for the JSON file."""
+    """Device, versions, the commit measured and the data source, for the JSON file."""
     import jax
+
+    from benchmarks.report import cpu_model, provenance, version_of
 
     device = jax.devices()[0]
     return {
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
         "quick": quick,
         "data_source": source,
         "backend": jax.default_backend(),
@@ -69,7 +56,7 @@ def run_metadata(source: str, quick: bool) -> dict:
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "host": platform.platform(),
         "python": platform.python_version(),
-        "versions": {name: _version(name) for name in
+        "versions": {name: version_of(name) for name in
                      ("jax", "jaxlib", "flax", "optax", "numpy", "keras", "jaxscale")},
         "method": "warm-up excluded; jax.block_until_ready before each clock read; median "
                   "and spread ((max-min)/median) over repeats; several input buffers rotated",
@@ -106,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the under-2-minutes variant")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="folder for latest.json and latest.png (default: %(default)s)")
+                        help="folder for bench-<hardware>.json and .png (default: %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with MNIST's four .gz files (default: $JAXSCALE_DATA_DIR "
                              "or ../shared/data/mnist; synthetic data when absent)")
@@ -163,12 +150,10 @@ def main(argv=None) -> dict:
     meta["total_seconds"] = time.perf_counter() - started
     # a busy host (other jobs on the cores) inflates spreads: keep the load next to results
     meta["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    out = args.out
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    json_path = report.write_json(out / "latest.json", meta, rows)
-    report.write_json(out / f"bench-{meta['backend']}-{stamp}.json", meta, rows)
-    chart = report.write_chart(out / "latest.png", rows,
-                               title=f"{meta['device']} ({meta['backend']}), {data.source}")
+    name = f"bench-{report.hardware_name(meta['backend'], meta['device'])}"
+    json_path = report.write_json(args.out / f"{name}.json", meta, rows)
+    chart = report.write_chart(args.out / f"{name}.png", rows, source=json_path,
+                               title=report.chart_title("make bench", meta))
     print(report.format_table(rows))
     print(f"\n{meta['total_seconds']:.0f} s; wrote {json_path}"
           + (f" and {chart}" if chart else

@@ -145,20 +145,6 @@ def device_batches(images, batch_size: int, buffers: int) -> list:
     return [jax.device_put(images[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
 
 
-def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    """Seconds of the fastest of `repeats` calls of `fn`, after one warm-up call.
-
-    `fn` must block on its own result (e.g. end with `jax.block_until_ready`).
-    """
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 # ---------------------------------------------------------------------------- compile counter
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"

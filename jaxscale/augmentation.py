@@ -176,6 +176,14 @@ AUGMENTATION_KEYWORDS = tuple(f.name for f in dataclasses.fields(AugmentConfig)
                               if f.name != "data_format")
 
 
+def keras_keywords(config: AugmentConfig) -> dict:
+    """The keywords of Keras' ImageDataGenerator that augment as `config` does: the fields
+    that differ from the defaults (both use Keras' names and defaults). The benchmarks' Keras
+    peer, the tests and the CLI's help state `SEED_RECIPE` through this."""
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+            if getattr(config, field.name) != field.default}
+
+
 def augment_config(data_format: str | None = None, **keras_kwargs) -> AugmentConfig:
     """An `AugmentConfig` from Keras' ImageDataGenerator augmentation keywords.
 

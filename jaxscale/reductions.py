@@ -2,9 +2,9 @@
 
 XLA:CPU compiles a reduction over an image's pixels (`jnp.sum(x, axis=(1, 2))` on a batch)
 into a loop that adds one value at a time. The same sum written as a matrix-vector product
-with a vector of ones goes to the CPU's vectorised, multi-threaded GEMV instead: on the 2-core
-development machine, samplewise standardisation of 4096-image MNIST batches ran 3.6x faster
-and the per-image statistics of a batch 3x faster (one-off measurements, not `make bench`). GPUs and TPUs reduce at memory bandwidth already
+with a vector of ones goes to the CPU's vectorised, multi-threaded GEMV instead, several times
+faster for the samplewise modes and the statistics (docs/performance.md). GPUs and TPUs reduce
+at memory bandwidth already
 (and a float32 dot on a TPU would need several bf16 passes), so there the sum stays `jnp.sum`.
 `jax.lax.platform_dependent` makes the choice when the program is lowered, so one traced
 function is right on every platform.

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Callable, Iterable
+from typing import Callable
 
 import flax.struct
 import jax
@@ -124,6 +124,24 @@ MODES: dict[str, ScalingConfig] = {
                                         samplewise_std_normalization=True),
     "zca": ScalingConfig(featurewise_center=True, zca_whitening=True),
 }
+
+
+def keras_keywords(config: ScalingConfig) -> dict:
+    """The keywords of Keras' ImageDataGenerator that scale as `config` does.
+
+    The fields Keras knows (every field but `statistics_scope`, with Keras' names and
+    defaults) where they differ from the defaults, so `ImageDataGenerator(**keras_keywords(c))`
+    builds `c` in Keras and in jaxscale alike. The one table of mode -> Keras keywords: the
+    README's mode table, the benchmarks' Keras peer and the tests read it from here.
+
+    Raises:
+      ValueError: `config` has no Keras equivalent (`statistics_scope` other than "channel").
+    """
+    if config.statistics_scope != "channel":
+        raise ValueError(f"Keras has no statistics_scope={config.statistics_scope!r}: its "
+                         "featurewise statistics are per channel")
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+            if field.name != "statistics_scope" and getattr(config, field.name) != field.default}
 
 
 def scaling_config(mode: str | ScalingConfig, **overrides) -> ScalingConfig:
@@ -376,12 +394,6 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int | None = None,
 
 def _to_last(x, data_format):
     return x if data_format == "channels_last" else jnp.transpose(x, (0, 2, 3, 1))
-
-
-def iter_batches(images, batch_size: int) -> Iterable:
-    """Plain consecutive slices of an array (the streaming form `fit_scaling` accepts)."""
-    for start in range(0, images.shape[0], batch_size):
-        yield images[start:start + batch_size]
 
 
 _CONFIG_FIELDS = ("rescale", "samplewise_center", "samplewise_std_normalization",

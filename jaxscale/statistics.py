@@ -431,8 +431,8 @@ def merge_stats_across_hosts(stats: DatasetStats) -> DatasetStats:
 
 
 # About 2M values (8 MiB as float32) per device step: on CPU the step's float32 temporaries
-# then stay in cache (MNIST: 60,000 images in 8 ms at 2,674 per step, 21 ms at 8,192); on
-# accelerators it is still thousands of small images per step.
+# then stay in cache (larger steps were slower: docs/performance.md); on accelerators it is
+# still thousands of small images per step.
 VALUES_PER_STEP = 2 ** 21
 # Batches per host call when folding an array: one call (one compiled scan) covers MNIST.
 BATCHES_PER_CALL = 64

@@ -26,11 +26,6 @@ def channel_axis(data_format: DataFormat) -> int:
     return 3 if data_format == "channels_last" else 1
 
 
-def spatial_axes(data_format: DataFormat) -> tuple[int, int]:
-    """(row axis, column axis) of a rank-4 batch in `data_format`."""
-    return (1, 2) if channel_axis(data_format) == 3 else (2, 3)
-
-
 def check_data_format(data_format: str) -> None:
     if data_format not in DATA_FORMATS:
         raise ValueError(

@@ -198,9 +198,10 @@ def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXSCALE_DATA_DIR", raising=False)
     result = run.main(["--quick", "--only", "stats,scaling", "--out", str(tmp_path),
                        "--no-keras", "--limit", "64"])
-    document = json.loads((tmp_path / "latest.json").read_text())
+    document = json.loads((tmp_path / "bench-cpu.json").read_text())
     meta = document["meta"]
     assert meta["quick"] is True and meta["data_source"].startswith("synthetic")
+    assert len(meta["commit"]) == 40 and isinstance(meta["dirty"], bool)
     assert meta["versions"]["jax"] and meta["device"] and meta["cpu_model"]
     assert not meta["keras_peer"]
     assert set(meta["section_seconds"]) == {"stats", "scaling"}
@@ -208,7 +209,26 @@ def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
     assert ("scaling", "zca") in names and ("stats", "compute_stats") in names
     assert all(math.isfinite(r["images_per_s"]) for r in document["rows"]
                if r["bench"] == "scaling" and r["name"] != "copy_roofline")
-    assert (tmp_path / "latest.png").exists() and result["chart"] == tmp_path / "latest.png"
+    assert result["chart"] == tmp_path / "bench-cpu.png"
+    assert report.chart_source(result["chart"]).endswith(
+        report.sha256_of(tmp_path / "bench-cpu.json"))
+
+
+def test_results_files_are_named_by_hardware():
+    assert report.hardware_name("cpu", "cpu") == "cpu"
+    assert report.hardware_name("gpu", "NVIDIA H100 80GB HBM3") == "h100"
+    assert report.hardware_name("tpu", "TPU v5 lite") == "tpu-v5-lite"
+
+
+def test_a_run_records_the_commit_it_measured():
+    found = report.provenance()
+    assert len(found["commit"]) == 40 and isinstance(found["dirty"], bool)
+    line = report.describe_run({"time_utc": "2026-12-01T22:00:00+00:00", "commit": "a" * 40,
+                                "dirty": True, "backend": "cpu", "cpu_model": "EPYC",
+                                "host_cpus": 2, "versions": {"jax": "0.10.2"},
+                                "quick": True})
+    assert line == ("2026-12-01, commit aaaaaaaa + uncommitted changes, EPYC, 2 cores, "
+                    "jax 0.10.2; a quick run, not the full one")
 
 
 def test_run_rejects_unknown_section():
@@ -230,6 +250,15 @@ def _reproduce_results(keras_runs=None):
     if keras_runs is not None:
         row["keras"] = keras_runs
     return {"epochs": 5, "seeds": 2, "batch_size": 64, "rows": {"center": row}}
+
+
+def test_reproduce_marks_anything_short_of_the_full_table_quick():
+    assert reproduce.run_metadata(reproduce.parse_args([]))["quick"] is False
+    quick = reproduce.parse_args(["--quick"])
+    assert (quick.seeds, quick.epochs, quick.max_steps) == (1, 1, 100)
+    assert reproduce.run_metadata(quick)["quick"] is True
+    meta = reproduce.run_metadata(reproduce.parse_args(["--rows", "center"]))
+    assert meta["quick"] is True and len(meta["commit"]) == 40
 
 
 def test_reproduce_table_says_where_we_miss_the_tutorial():
@@ -278,14 +307,6 @@ def test_keras_runs_the_tutorial_recipe_and_learns():
     assert 90.0 <= accuracy <= 100.0
 
 
-def test_keras_augment_keywords_are_the_recipe_s_non_defaults():
-    from jaxscale.augmentation import SEED_RECIPE
-
-    assert keras_peer.keras_augment_keywords(SEED_RECIPE) == {
-        "rotation_range": 8, "width_shift_range": 0.08, "height_shift_range": 0.08,
-        "shear_range": 0.3, "zoom_range": (0.92, 1.08)}
-
-
 def test_keras_runs_each_row_with_its_model_augmentation_and_schedule(monkeypatch):
     calls = []
     monkeypatch.setattr(keras_peer, "keras_tutorial_accuracy",
@@ -299,14 +320,15 @@ def test_keras_runs_each_row_with_its_model_augmentation_and_schedule(monkeypatc
     assert [kwargs["seed"] for _, kwargs in calls] == [0, 1]
     args0, kwargs0 = calls[0]
     assert args0[0] == "normalize" and kwargs0["model"] == "bn_cnn"
-    assert kwargs0["schedule"] == "cosine" and kwargs0["augment"]["rotation_range"] == 8
+    from jaxscale.augmentation import SEED_RECIPE, keras_keywords
+    assert kwargs0["schedule"] == "cosine" and kwargs0["augment"] == keras_keywords(SEED_RECIPE)
     reproduce._keras_runs("center", reproduce.ROWS["center"], args, data, data)
     assert calls[-1][1]["model"] == "small_cnn" and calls[-1][1]["augment"] is None
 
 
 def test_keras_runs_the_bn_recipe_with_augmentation_and_learns():
     pytest.importorskip("keras")
-    from jaxscale.augmentation import SEED_RECIPE
+    from jaxscale.augmentation import SEED_RECIPE, keras_keywords
 
     images, labels = _quadrant_images(1152, 20, 5)
     # 768 steps: BatchNorm's moving averages (momentum 0.99) need a few hundred before the
@@ -314,7 +336,7 @@ def test_keras_runs_the_bn_recipe_with_augmentation_and_learns():
     accuracy = keras_peer.keras_tutorial_accuracy(
         "normalize", images[:1024], labels[:1024], images[1024:], labels[1024:], seed=0,
         epochs=6, batch_size=8, model="bn_cnn",
-        augment=keras_peer.keras_augment_keywords(SEED_RECIPE), schedule="cosine")
+        augment=keras_keywords(SEED_RECIPE), schedule="cosine")
     assert 90.0 <= accuracy <= 100.0
 
 
@@ -369,6 +391,22 @@ def test_flow_rows_time_the_public_flows_against_keras():
         assert row["images_per_s"] > 0 and row["keras_images_per_s"] > 0
         assert row["ratio"] == pytest.approx(row["images_per_s"] / row["keras_images_per_s"])
         assert isinstance(row["meets_bar"], bool) and len(row["seconds_repeats"]) == 2
+
+
+def test_docs_tables_are_rendered_between_their_markers():
+    from jaxscale.scaling import MODES
+
+    page = "intro\n<!-- generated: modes -->\nstale\n<!-- end generated -->\noutro\n"
+    rendered = report.render(page)
+    assert rendered.startswith("intro\n<!-- generated: modes -->\n| mode |")
+    assert rendered.endswith("<!-- end generated -->\noutro\n") and "stale" not in rendered
+    assert all(f"| `{mode}` |" in rendered for mode in MODES)
+    assert report.render(rendered) == rendered
+    with pytest.raises(ValueError, match="unknown generated table 'nope'"):
+        report.render("<!-- generated: nope -->\n<!-- end generated -->")
+    with pytest.raises(FileNotFoundError, match="make bench"):
+        report.render("<!-- generated: bench-summary bench-nowhere.json -->\n"
+                      "<!-- end generated -->")
 
 
 def test_count_compiles_counts_compilations():

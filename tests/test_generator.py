@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import jaxscale
+from jaxscale import augmentation, scaling
 from jaxscale.generator import iterators
 from tests.reference import reference_scale
 
@@ -167,9 +168,8 @@ def test_fit_with_identity_augmentation_rounds_keeps_statistics():
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"rescale": 1 / 255},
-    {"featurewise_center": True, "featurewise_std_normalization": True},
-    {"samplewise_center": True, "samplewise_std_normalization": True},
+    scaling.keras_keywords(scaling.MODES[mode])
+    for mode in ("normalize", "standardize", "sample_standardize")
 ])
 @pytest.mark.numerics
 def test_flow_matches_keras_flow(kwargs):
@@ -197,12 +197,28 @@ def test_flow_batches_live_on_device():
     assert isinstance(batch, jax.Array) and isinstance(labels, jax.Array)
 
 
-RECIPE = dict(rotation_range=8, width_shift_range=0.08, height_shift_range=0.08,
-              shear_range=0.3, zoom_range=0.08)
+RECIPE = augmentation.keras_keywords(augmentation.SEED_RECIPE)
+
+
+@pytest.mark.parametrize("mode", sorted(scaling.MODES))
+def test_keras_keywords_of_a_mode_build_that_mode(mode):
+    # The one mode -> Keras keywords table: Keras' keywords of a config, given to the
+    # ImageDataGenerator, give back that config; and Keras' own generator takes them.
+    config = scaling.MODES[mode]
+    keywords = scaling.keras_keywords(config)
+    assert jaxscale.ImageDataGenerator(**keywords).config == config
+    keras_gen = keras_generator(**keywords)
+    for name, value in keywords.items():
+        assert getattr(keras_gen, name) == value
+    with pytest.raises(ValueError, match="statistics_scope"):
+        scaling.keras_keywords(config.replace(statistics_scope="pixel"))
+
+
+def test_keras_keywords_of_the_seed_recipe_build_the_seed_recipe():
+    assert jaxscale.ImageDataGenerator(**RECIPE).augment_config == augmentation.SEED_RECIPE
 
 
 def test_flow_augments_training_batches_then_scales():
-    from jaxscale import augmentation, scaling
     x, y = digits(20)
     gen = jaxscale.ImageDataGenerator(rescale=1 / 255, **RECIPE)
     flow = gen.flow(x, y, batch_size=8, shuffle=False, seed=5)

@@ -65,20 +65,20 @@ _DTYPES = {"float32": ("float32", None, None), "bfloat16": ("bfloat16", None, No
 class ImageDataGenerator:
     """Keras' ImageDataGenerator, backed by `jaxscale.scaling` on device.
 
+    Keras' keywords with Keras' meaning: the scaling ones (featurewise_center,
+    samplewise_center, featurewise_std_normalization, samplewise_std_normalization,
+    zca_whitening, zca_epsilon, rescale, preprocessing_function, data_format: see
+    `ScalingConfig`; data_format None means "channels_last") and the augmentation ones
+    (rotation_range, width_shift_range, height_shift_range, shear_range, zoom_range,
+    horizontal_flip, vertical_flip, brightness_range, channel_shift_range, fill_mode, cval,
+    interpolation_order: see `AugmentConfig`; stored as `self.augment_config`).
+
     Args:
-      featurewise_center, samplewise_center, featurewise_std_normalization,
-      samplewise_std_normalization, zca_whitening, zca_epsilon, rescale,
-      preprocessing_function, data_format: as in Keras (see `ScalingConfig`);
-        data_format None means "channels_last".
       validation_split: fraction of the data `flow(subset="validation")` yields, taken from
         the start of the array (of each class folder for `flow_from_directory`) as Keras does.
       dtype: output dtype: "float32" (default), "bfloat16", "float16" (cast on device), or
         "float64" (computed in float32, cast on the host: batches are then NumPy arrays).
       statistics_scope: featurewise statistics per "channel" (Keras), "pixel" or "global".
-      rotation_range, width_shift_range, height_shift_range, shear_range, zoom_range,
-      horizontal_flip, vertical_flip, brightness_range, channel_shift_range, fill_mode, cval,
-      interpolation_order: Keras' augmentation keywords (see `AugmentConfig`); stored as
-        `self.augment_config`.
     """
 
     def __init__(self, featurewise_center=False, samplewise_center=False,
@@ -351,7 +351,8 @@ class ImageDataGenerator:
         color_mode "grayscale" / "rgb" / "rgba", classes (subfolders, in index order),
         class_mode "categorical" (one-hot) / "binary" / "sparse" (float32 indices) /
         "input" (x as target) / None (x only), follow_links, subset (validation_split of
-        each class folder), interpolation, keep_aspect_ratio, save_*.
+        each class folder), interpolation, keep_aspect_ratio, save_to_dir / save_prefix /
+        save_format.
 
         Returns:
           A `DirectoryIterator` with Keras' attributes (filenames, classes, class_indices,

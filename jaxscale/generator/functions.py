@@ -93,13 +93,20 @@ def apply_affine_transform(x, theta=0, tx=0, ty=0, shear=0, zx=1, zy=1, row_axis
     return _like_input(out, x)
 
 
+def _random_affine(x, axes, fill_mode, cval, order, **params) -> np.ndarray:
+    """`apply_affine_transform` of the parameters a `random_*` function drew."""
+    row_axis, col_axis, channel_axis = axes
+    return apply_affine_transform(x, **params, row_axis=row_axis, col_axis=col_axis,
+                                  channel_axis=channel_axis, fill_mode=fill_mode, cval=cval,
+                                  order=order)
+
+
 def random_rotation(x, rg, row_axis=1, col_axis=2, channel_axis=0, fill_mode="nearest",
                     cval=0.0, interpolation_order=1) -> np.ndarray:
     """A rotation by theta ~ U(-rg, rg) degrees (NumPy's global generator, as Keras)."""
     theta = np.random.uniform(-rg, rg)
-    return apply_affine_transform(x, theta=theta, row_axis=row_axis, col_axis=col_axis,
-                                  channel_axis=channel_axis, fill_mode=fill_mode, cval=cval,
-                                  order=interpolation_order)
+    return _random_affine(x, (row_axis, col_axis, channel_axis), fill_mode, cval,
+                          interpolation_order, theta=theta)
 
 
 def random_shift(x, wrg, hrg, row_axis=1, col_axis=2, channel_axis=0, fill_mode="nearest",
@@ -109,18 +116,16 @@ def random_shift(x, wrg, hrg, row_axis=1, col_axis=2, channel_axis=0, fill_mode=
     h, w = np.shape(x)[row_axis], np.shape(x)[col_axis]
     tx = np.random.uniform(-wrg, wrg) * w  # drawn first, as Keras' column shift
     ty = np.random.uniform(-hrg, hrg) * h
-    return apply_affine_transform(x, tx=tx, ty=ty, row_axis=row_axis, col_axis=col_axis,
-                                  channel_axis=channel_axis, fill_mode=fill_mode, cval=cval,
-                                  order=interpolation_order)
+    return _random_affine(x, (row_axis, col_axis, channel_axis), fill_mode, cval,
+                          interpolation_order, tx=tx, ty=ty)
 
 
 def random_shear(x, intensity, row_axis=1, col_axis=2, channel_axis=0, fill_mode="nearest",
                  cval=0.0, interpolation_order=1) -> np.ndarray:
     """A shear by U(-intensity, intensity) degrees."""
     shear = np.random.uniform(-intensity, intensity)
-    return apply_affine_transform(x, shear=shear, row_axis=row_axis, col_axis=col_axis,
-                                  channel_axis=channel_axis, fill_mode=fill_mode, cval=cval,
-                                  order=interpolation_order)
+    return _random_affine(x, (row_axis, col_axis, channel_axis), fill_mode, cval,
+                          interpolation_order, shear=shear)
 
 
 def random_zoom(x, zoom_range, row_axis=1, col_axis=2, channel_axis=0, fill_mode="nearest",
@@ -133,9 +138,8 @@ def random_zoom(x, zoom_range, row_axis=1, col_axis=2, channel_axis=0, fill_mode
         zx, zy = 1, 1
     else:
         zx, zy = np.random.uniform(zoom_range[0], zoom_range[1], 2)
-    return apply_affine_transform(x, zx=zx, zy=zy, row_axis=row_axis, col_axis=col_axis,
-                                  channel_axis=channel_axis, fill_mode=fill_mode, cval=cval,
-                                  order=interpolation_order)
+    return _random_affine(x, (row_axis, col_axis, channel_axis), fill_mode, cval,
+                          interpolation_order, zx=zx, zy=zy)
 
 
 def _channel_axes(x, channel_axis: int) -> dict:

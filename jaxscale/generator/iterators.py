@@ -169,6 +169,20 @@ def _is_numeric(array: np.ndarray) -> bool:
 
 # ------------------------------------------------------------------------------ the iterators
 
+class _IntKnob:
+    """A Keras `PyDataset` knob (`workers`, `max_queue_size`) that Keras' adapters read and
+    set: kept as an int in `_<name>`."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.attribute = f"_{name}"
+
+    def __get__(self, instance, owner=None):
+        return self if instance is None else getattr(instance, self.attribute)
+
+    def __set__(self, instance, value) -> None:
+        setattr(instance, self.attribute, int(value))
+
+
 class Iterator:
     """What every flow iterator shares: epochs, the batch cache, Keras' Sequence protocol.
 
@@ -203,13 +217,8 @@ class Iterator:
         self.save_to_dir, self.save_prefix, self.save_format = None, "", "png"
 
     # -- Keras' PyDataset knobs
-    @property
-    def workers(self) -> int:
-        return self._workers
-
-    @workers.setter
-    def workers(self, value: int) -> None:
-        self._workers = int(value)
+    workers = _IntKnob()
+    max_queue_size = _IntKnob()
 
     @property
     def use_multiprocessing(self) -> bool:
@@ -222,14 +231,6 @@ class Iterator:
                           "processes cannot share it (JAX does not survive a fork), so "
                           "use_multiprocessing stays False: use threads (workers) instead",
                           stacklevel=2)
-
-    @property
-    def max_queue_size(self) -> int:
-        return self._max_queue_size
-
-    @max_queue_size.setter
-    def max_queue_size(self, value: int) -> None:
-        self._max_queue_size = int(value)
 
     @property
     def num_batches(self) -> int:
@@ -482,24 +483,49 @@ class _FileIterator(_DeviceScaled):
     """
 
     _hash_range = int(1e7)
+    # The keywords both file iterators take besides their own, with Keras' defaults.
+    FILE_OPTIONS = {"target_size": (256, 256), "color_mode": "rgb",
+                    "interpolation": "nearest", "keep_aspect_ratio": False, "batch_size": 32,
+                    "shuffle": True, "seed": None, "save_to_dir": None, "save_prefix": "",
+                    "save_format": "png", "augment_config": None, "out_dtype": None,
+                    "host_dtype": None, "decode_workers": None}
 
-    def _setup_files(self, filepaths, *, target_size, color_mode: str, data_format: str,
-                     interpolation: str, keep_aspect_ratio: bool, batch_size: int,
-                     shuffle: bool, seed, decode_workers: int | None):
+    @classmethod
+    def _file_options(cls, given: dict) -> dict:
+        """`FILE_OPTIONS` updated with `given`, the image options checked before any file is
+        listed."""
+        unknown = set(given) - set(cls.FILE_OPTIONS)
+        if unknown:
+            raise TypeError(f"{cls.__name__} got unexpected keyword(s) {sorted(unknown)}")
+        options = {**cls.FILE_OPTIONS, **given}
+        check_image_options(options["target_size"], options["color_mode"],
+                            options["interpolation"])
+        return options
+
+    def _setup_files(self, filepaths, config: ScalingConfig, params: ScalingParams,
+                     options: dict):
+        """The reader of `filepaths`, the epochs, the scaling and the save options."""
+        target_size, color_mode, interpolation, keep_aspect_ratio = (
+            options["target_size"], options["color_mode"], options["interpolation"],
+            options["keep_aspect_ratio"])
         self.target_size = check_image_options(target_size, color_mode, interpolation)
         self.color_mode, self.interpolation = color_mode, interpolation
-        self.keep_aspect_ratio, self.data_format = keep_aspect_ratio, data_format
+        self.keep_aspect_ratio, self.data_format = keep_aspect_ratio, config.data_format
         self.reader = ImageFileReader(filepaths, None, target_size=self.target_size,
                                       color_mode=color_mode, interpolation=interpolation,
                                       keep_aspect_ratio=keep_aspect_ratio,
-                                      workers=decode_workers)
+                                      workers=options["decode_workers"])
         height, width, channels = self.reader.image_shape
-        self.image_shape = ((height, width, channels) if data_format == "channels_last"
+        self.image_shape = ((height, width, channels) if self.data_format == "channels_last"
                             else (channels, height, width))
-        Iterator.__init__(self, len(self.reader), batch_size, shuffle, seed,
-                          image_values=height * width * channels)
+        Iterator.__init__(self, len(self.reader), options["batch_size"], options["shuffle"],
+                          options["seed"], image_values=height * width * channels)
         self._prefetched = None
         self._prefetcher = None
+        self._setup_scaling(config, params, options["augment_config"], options["out_dtype"],
+                            options["host_dtype"])
+        self.save_to_dir, self.save_prefix, self.save_format = (
+            options["save_to_dir"], options["save_prefix"], options["save_format"])
 
     @property
     def filepaths(self) -> list[str]:
@@ -590,17 +616,12 @@ class DirectoryIterator(_FileIterator):
     allowed_class_modes = ("categorical", "binary", "sparse", "input", None)
 
     def __init__(self, directory, *, config: ScalingConfig, params: ScalingParams,
-                 target_size=(256, 256), color_mode: str = "rgb", classes=None,
-                 class_mode: str | None = "categorical", batch_size: int = 32,
-                 shuffle: bool = True, seed: int | None = None, save_to_dir=None,
-                 save_prefix: str = "", save_format: str = "png", follow_links: bool = False,
-                 split: tuple[float, float] | None = None, subset: str | None = None,
-                 interpolation: str = "nearest", keep_aspect_ratio: bool = False,
-                 augment_config: AugmentConfig | None = None, out_dtype: str | None = None,
-                 host_dtype: str | None = None, label_dtype: str = "float32",
-                 decode_workers: int | None = None):
+                 classes=None, class_mode: str | None = "categorical",
+                 follow_links: bool = False, split: tuple[float, float] | None = None,
+                 subset: str | None = None, label_dtype: str = "float32", **file_options):
+        """`file_options`: the keywords of `FILE_OPTIONS` (target_size, color_mode, ...)."""
         _check_class_mode(class_mode, self.allowed_class_modes)
-        check_image_options(target_size, color_mode, interpolation)
+        options = self._file_options(file_options)
         self.directory, self.class_mode, self.split, self.subset = (directory, class_mode,
                                                                     split, subset)
         listing = list_directory(directory, classes=classes, follow_links=follow_links,
@@ -612,14 +633,8 @@ class DirectoryIterator(_FileIterator):
         self.samples = len(self.filenames)
         print(f"Found {self.samples} images belonging to {self.num_classes} classes.")
         self._label_dtype = label_dtype
-        self._setup_files([os.path.join(directory, f) for f in self.filenames],
-                          target_size=target_size, color_mode=color_mode,
-                          data_format=config.data_format, interpolation=interpolation,
-                          keep_aspect_ratio=keep_aspect_ratio, batch_size=batch_size,
-                          shuffle=shuffle, seed=seed, decode_workers=decode_workers)
-        self._setup_scaling(config, params, augment_config, out_dtype, host_dtype)
-        self.save_to_dir, self.save_prefix, self.save_format = (save_to_dir, save_prefix,
-                                                                save_format)
+        self._setup_files([os.path.join(directory, f) for f in self.filenames], config, params,
+                          options)
 
     @property
     def labels(self) -> np.ndarray:
@@ -652,17 +667,13 @@ class DataFrameIterator(_FileIterator):
 
     def __init__(self, dataframe, directory=None, *, config: ScalingConfig,
                  params: ScalingParams, x_col: str = "filename", y_col="class",
-                 weight_col: str | None = None, target_size=(256, 256),
-                 color_mode: str = "rgb", classes=None, class_mode: str | None = "categorical",
-                 batch_size: int = 32, shuffle: bool = True, seed: int | None = None,
-                 save_to_dir=None, save_prefix: str = "", save_format: str = "png",
+                 weight_col: str | None = None, classes=None,
+                 class_mode: str | None = "categorical",
                  split: tuple[float, float] | None = None, subset: str | None = None,
-                 interpolation: str = "nearest", keep_aspect_ratio: bool = False,
-                 validate_filenames: bool = True,
-                 augment_config: AugmentConfig | None = None, out_dtype: str | None = None,
-                 host_dtype: str | None = None, label_dtype: str = "float32",
-                 decode_workers: int | None = None):
-        check_image_options(target_size, color_mode, interpolation)
+                 validate_filenames: bool = True, label_dtype: str = "float32",
+                 **file_options):
+        """`file_options`: the keywords of `FILE_OPTIONS` (target_size, color_mode, ...)."""
+        options = self._file_options(file_options)
         df = dataframe.copy()
         self.directory = directory or ""
         self.class_mode, self.split, self.subset = class_mode, split, subset
@@ -696,14 +707,8 @@ class DataFrameIterator(_FileIterator):
                   f"{len(self.class_indices)} classes.")
         else:
             print(f"Found {self.samples} {validated} image filenames.")
-        self._setup_files([os.path.join(self.directory, f) for f in self.filenames],
-                          target_size=target_size, color_mode=color_mode,
-                          data_format=config.data_format, interpolation=interpolation,
-                          keep_aspect_ratio=keep_aspect_ratio, batch_size=batch_size,
-                          shuffle=shuffle, seed=seed, decode_workers=decode_workers)
-        self._setup_scaling(config, params, augment_config, out_dtype, host_dtype)
-        self.save_to_dir, self.save_prefix, self.save_format = (save_to_dir, save_prefix,
-                                                                save_format)
+        self._setup_files([os.path.join(self.directory, f) for f in self.filenames], config,
+                          params, options)
 
     def _check_params(self, df, x_col, y_col, weight_col, classes):
         _check_class_mode(self.class_mode, self.allowed_class_modes)

@@ -1,7 +1,8 @@
 """The `jaxscale` command line: `jaxscale train ...` and `jaxscale stats ...`.
 
-    jaxscale train --dataset mnist --model bn_cnn --scaling standardize --augment seed \\
-        --epochs 5 --batch-size 64 --devices all
+For example::
+
+    jaxscale train --dataset mnist --model bn_cnn --scaling standardize --augment seed
     jaxscale stats --dataset mnist
 """
 
@@ -30,6 +31,7 @@ def _devices(value: str):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every flag documented in --help)."""
+    from jaxscale.augmentation import SEED_RECIPE, keras_keywords
     from jaxscale.scaling import MODES
     from jaxscale.training.config import COMPUTE_DTYPES, OPTIMIZERS, PARALLEL, SCHEDULES
     from jaxscale.training.loop import INPUTS
@@ -71,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--scaling", default="standardize", choices=sorted(MODES),
                        help="pixel scaling mode (featurewise modes are fitted on the "
                        "training images)")
+    recipe = ", ".join(f"{name}={value}" for name, value in keras_keywords(SEED_RECIPE).items())
     train.add_argument("--augment", default="none", choices=("none", "seed"),
-                       help="training augmentation: 'seed' is the tutorial recipe (rotation "
-                       "8, shifts 0.08, shear 0.3, zoom 0.08)")
+                       help=f"training augmentation: 'seed' is the tutorial recipe ({recipe})")
     train.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     train.add_argument("--batch-size", type=int, default=64,
                        help="global batch size (split over devices)")

@@ -79,12 +79,14 @@ def make_train_step(model: flax.linen.Module, tx: optax.GradientTransformation,
                     label_smoothing: float = 0.0, axis_name: str | None = None) -> Callable:
     """A pure train step: augment (if any) + scale + forward/backward + optax update.
 
-    Returns `train_step(state, images, labels, key) -> (state, metrics)` with
-      images: uint8[B, H, W, C] (one device's shard under pmap);
-      labels: int32[B];
-      key: the run key (the step folds in `state.step`, and the device index under pmap);
-      metrics: {"loss": float32[], "accuracy": float32[]}, means over the global batch (the
-        loss without label smoothing, so runs with and without it compare).
+    Returns `train_step(state, images, labels, key) -> (state, metrics)`, where
+
+    - images: uint8[B, H, W, C] (one device's shard under pmap);
+    - labels: int32[B];
+    - key: the run key (the step folds in `state.step`, and the device index under pmap);
+    - metrics: {"loss": float32[], "accuracy": float32[]}, means over the global batch (the
+      loss without label smoothing, so runs with and without it compare).
+
     Not jitted: `jaxscale.training.runners.make_runner` compiles it for the devices. Under pmap
     pass `axis_name` (and build the model with the same `axis_name`): gradients and metrics
     are averaged with `lax.pmean`, BatchNorm statistics over the axis. `augment` is what
