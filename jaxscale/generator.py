@@ -38,7 +38,7 @@ import numpy as np
 from jaxscale import augmentation, scaling, statistics
 from jaxscale.augmentation import AugmentConfig
 from jaxscale.scaling import ScalingConfig, ScalingParams
-from jaxscale.validation import channel_axis, check_images
+from jaxscale.validation import as_array, channel_axis, check_images, finite, raise_on_flags
 
 class ImageDataGenerator:
     """Keras' ImageDataGenerator, backed by `jaxscale.scaling` on device.
@@ -56,13 +56,17 @@ class ImageDataGenerator:
       horizontal_flip, vertical_flip, brightness_range, channel_shift_range, fill_mode, cval,
       interpolation_order: Keras' augmentation keywords (see `AugmentConfig`); stored as
         `self.augment_config`.
+      check_finite: check every jitted call's inputs and output for NaN/inf (and the fitted
+        std for negative values) in the same compiled call, raising ValueError; False skips
+        the check (see `scaling.scale_jit`).
     """
 
     def __init__(self, featurewise_center=False, samplewise_center=False,
                  featurewise_std_normalization=False, samplewise_std_normalization=False,
                  zca_whitening=False, zca_epsilon=1e-6, rescale=None,
                  preprocessing_function=None, data_format=None, validation_split=0.0,
-                 dtype=None, statistics_scope="channel", **augment_kwargs):
+                 dtype=None, statistics_scope="channel", check_finite=True,
+                 **augment_kwargs):
         unknown = set(augment_kwargs) - set(augmentation.AUGMENTATION_KEYWORDS)
         if unknown:
             raise TypeError(f"ImageDataGenerator got unexpected keyword(s) {sorted(unknown)}")
@@ -82,6 +86,7 @@ class ImageDataGenerator:
         self.augment_config = augmentation.augment_config(
             data_format=self.config.data_format, **augment_kwargs)
         self.validation_split = validation_split
+        self.check_finite = bool(check_finite)
         self.params: ScalingParams | None = None if self.config.needs_fit else ScalingParams()
 
     # Keras-shaped views of the fitted numbers, for code that reads them.
@@ -132,9 +137,14 @@ class ImageDataGenerator:
         Returns:
           self, with `params` (and Keras-shaped `mean`, `std`, `zca_whitening_matrix`) set.
         """
+        x = as_array(x, name="x")
         check_images(x, self.config.data_format, name="x")
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+                batch_size, (int, np.integer)) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got "
+                             f"{batch_size!r}")
         data = x
         if augment:
             data = self._augmented_passes(
@@ -154,7 +164,7 @@ class ImageDataGenerator:
                 else:
                     yield augmentation.augment_jit(
                         jax.random.fold_in(jax.random.fold_in(key, r), b), chunk,
-                        self.augment_config)
+                        self.augment_config, check=self.check_finite)
 
     def get_random_transform(self, img_shape, seed: int | None = None) -> dict:
         """Random parameters for one image of shape img_shape, a dict with Keras' keys.
@@ -187,13 +197,14 @@ class ImageDataGenerator:
                 1.0 if params.get("channel_shift_intensity") is not None else 0.0),
             brightness_range=(1.0, 1.0) if params.get("brightness") is not None else None)
         transforms = augmentation.transforms_from_dicts([params])
-        return augmentation.apply_transforms_jit(jnp.asarray(x)[None], transforms, config)[0]
+        return augmentation.apply_transforms_jit(jnp.asarray(x)[None], transforms, config,
+                                                 check=self.check_finite)[0]
 
     def random_transform(self, x, seed: int | None = None) -> jax.Array:
         """One image [H, W, C] (or [C, H, W]) randomly augmented; float32, same shape."""
         _check_single_image(x, self.config.data_format)
         return augmentation.augment_jit(_key_from_seed(seed), jnp.asarray(x)[None],
-                                        self.augment_config)[0]
+                                        self.augment_config, check=self.check_finite)[0]
 
     def _require_fit(self):
         if self.params is None:
@@ -205,9 +216,10 @@ class ImageDataGenerator:
     def standardize(self, x) -> jax.Array:
         """Scales a batch [N, H, W, C] (or one image [H, W, C]); returns a new array."""
         self._require_fit()
+        x = as_array(x, name="x")
         single = np.ndim(x) == 3
-        batch = jnp.asarray(x)[None] if single else x
-        out = scaling.scale_jit(batch, self.config, self.params)
+        batch = x[None] if single else x
+        out = scaling.scale_jit(batch, self.config, self.params, check=self.check_finite)
         return out[0] if single else out
 
     def flow(self, x, y=None, batch_size: int = 32, shuffle: bool = True,
@@ -219,7 +231,9 @@ class ImageDataGenerator:
         `seed`; the last batch of an epoch is smaller when N is not a multiple of batch_size.
         """
         self._require_fit()
+        x = as_array(x, name="x")
         check_images(x, self.config.data_format, name="x")
+        scaling.check_params(self.params, self.config)
         n = x.shape[0]
         for name, other in (("y", y), ("sample_weight", sample_weight)):
             if other is not None and len(other) != n:
@@ -240,7 +254,7 @@ class ImageDataGenerator:
                                   or self.augment_config.is_identity) else self.augment_config
         return FlowIterator(x, y, sample_weight, config=self.config, params=self.params,
                             batch_size=batch_size, shuffle=shuffle, seed=seed,
-                            augment_config=augment_config)
+                            augment_config=augment_config, check_finite=self.check_finite)
 
 
 def _key_from_seed(seed: int | None) -> jax.Array:
@@ -257,18 +271,21 @@ def _check_single_image(x, data_format: str) -> None:
                  data_format, name="x")
 
 
-@functools.partial(jax.jit, static_argnames=("size", "config", "augment_config"))
+@functools.partial(jax.jit, static_argnames=("size", "config", "augment_config", "check"))
 def _gather_and_scale(images, extras, order, start, params, key, epoch, *, size: int,
-                      config: ScalingConfig, augment_config: AugmentConfig | None = None):
+                      config: ScalingConfig, augment_config: AugmentConfig | None = None,
+                      check: bool = False):
     """Rows order[start:start+size] of images (augmented, then scaled, as Keras) and of every
-    array in extras. The augmentation key is folded from key, epoch and start on device."""
+    array in extras, and bool[]: the scaled batch is finite (True unless `check`). The
+    augmentation key is folded from key, epoch and start on device."""
     rows = jax.lax.dynamic_slice_in_dim(order, start, size)
     batch = jnp.take(images, rows, axis=0)
     if augment_config is not None:
         batch_key = jax.random.fold_in(jax.random.fold_in(key, epoch), start)
         batch = augmentation.augment(batch_key, batch, augment_config)
     batch = scaling.scale(batch, config, params)
-    return batch, tuple(jnp.take(e, rows, axis=0) for e in extras)
+    return (batch, tuple(jnp.take(e, rows, axis=0) for e in extras),
+            finite(batch) if check else jnp.bool_(True))
 
 
 @functools.partial(jax.jit, static_argnames=("n", "shuffle"))
@@ -288,9 +305,11 @@ class FlowIterator:
 
     def __init__(self, x, y, sample_weight, *, config: ScalingConfig,
                  params: ScalingParams, batch_size: int, shuffle: bool, seed: int | None,
-                 augment_config: AugmentConfig | None = None):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+                 augment_config: AugmentConfig | None = None, check_finite: bool = True):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
+                batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.check_finite = check_finite
         self.images = jnp.asarray(x)
         self.extras = tuple(jnp.asarray(a) for a in (y, sample_weight) if a is not None)
         self.n = int(self.images.shape[0])
@@ -323,9 +342,16 @@ class FlowIterator:
             self._order = _epoch_order(self.key, self.epoch, n=self.n, shuffle=self.shuffle)
         start = self.batch_index * self.batch_size
         size = min(self.batch_size, self.n - start)
-        batch, extras = _gather_and_scale(
+        batch, extras, batch_finite = _gather_and_scale(
             self.images, self.extras, self._order, start, self.params, self.augment_key,
-            self.epoch, size=size, config=self.config, augment_config=self.augment_config)
+            self.epoch, size=size, config=self.config, augment_config=self.augment_config,
+            check=self.check_finite)
+        if self.check_finite:
+            # the images and params were checked when the flow was made: only overflow (or
+            # a preprocessing_function) can bring NaN/inf here
+            raise_on_flags(batch_finite[None], (
+                "a scaled batch holds NaN or inf: float32 overflowed, or the "
+                "preprocessing_function produced them",), caller="flow")
         self.batch_index += 1
         if self.batch_index >= len(self):
             self.batch_index, self._order = 0, None

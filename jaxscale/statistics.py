@@ -202,7 +202,9 @@ def batch_stats(images: jax.Array, *, scope: Scope = "channel",
       or [] in channels_last order.
 
     8-bit integer images are summed exactly (`_exact_stats`); other integers and floats take
-    the corrected two-pass per image, merged as a balanced tree.
+    the corrected two-pass per image, merged as a balanced tree. Inside jit nothing can be
+    refused: statistics float32 cannot hold come out NaN or inf (integers beyond 2^24 as
+    NaN), which `compute_stats` turns into an error (`check_stats_finite`).
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -552,20 +554,24 @@ def compute_stats(images, *, scope: Scope = "channel",
     """Statistics of a whole dataset in one streaming pass on the default device.
 
     Args:
-      images: uint8 or float[N, H, W, C] (or channels_first), a NumPy or JAX array; or an
-        iterable of such batches (a dataset that does not fit in memory).
+      images: uint8, other integer or float[N, H, W, C] (or channels_first), a NumPy or JAX
+        array; or an iterable of such batches of one image shape (a dataset that does not
+        fit in memory).
       scope: "channel" (Keras' featurewise), "pixel" or "global".
       data_format: layout of `images`.
       batch_size: images per device step when `images` is one array; None: about 2M values
         per step (`auto_batch_size`). The result does not depend on it beyond float32
-        rounding.
+        rounding. uint8/int8 steps of at most EXACT_MAX_VALUES values per entry are summed
+        exactly; larger steps take the float path.
       progress: show a tqdm progress bar.
 
     Returns:
       DatasetStats with statistic shape [C], [H, W, C] or [] (channels_last order).
 
     Raises:
-      ValueError: bad rank/channels/dtype, no images, or non-finite values.
+      ValueError: bad rank/channels/dtype, no images, non-finite values, batches of another
+        image shape, values the device types cannot hold (int64 beyond int32, float64
+        beyond float32), integers beyond 2^24, or statistics that overflow float32.
     """
     check_data_format(data_format)
     if scope not in SCOPES:
