@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(CONSTRAINTS) "jax[$(JAX_EXTRA)]" -e ".[tfds,keras,extras,test]"
+	$(PY) -m pip install -q $(CONSTRAINTS) "jax[$(JAX_EXTRA)]" -e ".[tfds,keras,extras,streaming,test]"
 	echo $(JAX_EXTRA) > $(VENV)/.jax-extra
 	touch $@
 

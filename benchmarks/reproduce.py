@@ -38,7 +38,7 @@ class Row:
     """One row of the table.
 
     Attributes:
-      model, scaling, augment, schedule: as in `jaxscale.training.TrainConfig`.
+      model, scaling, augment, schedule: as in `jaxscale.training.config.TrainConfig`.
       tutorial: the tutorial's test accuracy in percent for its recipe.
       bar: the accuracy this project asks of the row (issue 5): the tutorial's figure for
         the small CNN, 99.5 % for the BatchNorm CNN with augmentation.
@@ -98,8 +98,9 @@ def _data_dir(arg):
 
 
 def run(args) -> dict:
-    from jaxscale import training
-    from jaxscale.datasets import load_dataset
+    from jaxscale.data.datasets import load_dataset
+    from jaxscale.training.config import TrainConfig
+    from jaxscale.training.loop import train
 
     data_dir = _data_dir(args.data_dir)
     train_data = load_dataset("mnist", "train", data_dir=data_dir)
@@ -111,12 +112,11 @@ def run(args) -> dict:
         model, scaling = row.model, row.scaling
         runs = []
         for seed in range(args.seeds):
-            config = training.TrainConfig(model=model, scaling=scaling, augment=row.augment,
-                                          epochs=args.epochs, batch_size=args.batch_size,
-                                          schedule=row.schedule, seed=seed,
-                                          parallel=args.parallel)
+            config = TrainConfig(model=model, scaling=scaling, augment=row.augment,
+                                 epochs=args.epochs, batch_size=args.batch_size,
+                                 schedule=row.schedule, seed=seed, parallel=args.parallel)
             start = time.perf_counter()
-            result = training.train(config, train_data, test_data, progress=args.progress)
+            result = train(config, train_data, test_data, progress=args.progress)
             curve = [h["test_accuracy"] * 100 for h in result.history]
             runs.append({"seed": seed, "test_accuracy": curve,
                          "seconds": time.perf_counter() - start, "history": result.history})
@@ -136,9 +136,9 @@ def run(args) -> dict:
 def _keras_runs(name, row, args, train_data, test_data) -> list[float] | None:
     """The row's final test accuracy per seed, run by Keras; None without keras."""
     from benchmarks import keras_peer
-    from jaxscale.training import augment_config
+    from jaxscale.training.config import resolve_augment
 
-    augment = augment_config(row.augment)
+    augment = resolve_augment(row.augment)
     keywords = None if augment is None else keras_peer.keras_augment_keywords(augment)
     accuracies = []
     for seed in range(args.seeds):
@@ -210,7 +210,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from jaxscale.host_allocator import tune_host_allocator
+    from jaxscale.cpu import tune_host_allocator
     print(f"host allocator: {tune_host_allocator()}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

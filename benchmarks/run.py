@@ -3,10 +3,11 @@
     python -m benchmarks.run [--quick] [--out DIR] [--data-dir DIR] [--only stats,scaling]
 
 Sections (each a module of this package): stats (dataset statistics vs NumPy / Keras `fit`),
-scaling (scaling alone vs Keras `flow`, GB/s against the measured copy roofline), train (the BN
-CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs Keras'
-`flow`, and its share of the train step) and pipeline (device-resident vs streaming input). A
-section that fails is reported as n/a with why, and the others still run.
+scaling (scaling alone vs Keras `flow`, GB/s against the measured copy roofline), flow (the
+public `flow` / `flow_from_directory` at batch 64 vs Keras', with issue 15's bars), train (the
+BN CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs
+Keras' `flow`, and its share of the train step) and pipeline (device-resident vs streaming
+input). A section that fails is reported as n/a with why, and the others still run.
 
 Writes `<out>/latest.json` (+ a timestamped copy) and `<out>/latest.png`, and prints a table.
 Method: warm-up excluded, `block_until_ready`, median and spread of repeats, rotated buffers.
@@ -27,7 +28,9 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-SECTIONS = ("stats", "scaling", "train", "augment", "pipeline")
+from benchmarks.sizes import settings  # noqa: E402
+
+SECTIONS = ("stats", "scaling", "flow", "train", "augment", "pipeline")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -73,24 +76,6 @@ def run_metadata(source: str, quick: bool) -> dict:
     }
 
 
-def settings(quick: bool) -> dict:
-    """Sizes per section: the full run fits in 10 minutes on 2 CPU cores, quick in 2."""
-    if quick:
-        return {"stats": {"repeats": 3, "modes": ("standardize",)},
-                "scaling": {"batch_size": 2048, "buffers": 4, "repeats": 3,
-                            "keras_batches": 2},
-                "train": {"steps": 5, "warmup": 1, "modes": ("none", "standardize")},
-                "augment": {"buffers": 2, "repeats": 3, "flow_batches": 3, "keras_batches": 2,
-                            "fused_batch_sizes": (64,), "fused_rounds": 3},
-                "pipeline": {"repeats": 2}}
-    return {"stats": {"repeats": 5},
-            "scaling": {"batch_size": 4096, "buffers": 8, "repeats": 5, "keras_batches": 4},
-            "train": {"steps": 20, "warmup": 3},
-            "augment": {"buffers": 8, "repeats": 5, "flow_batches": 12, "keras_batches": 6,
-                        "fused_batch_sizes": (64, 512), "fused_rounds": 10},
-            "pipeline": {"repeats": 5}}
-
-
 def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:
     """Rows of one section; raises what the section raises."""
     sizes = settings(quick).get(section, {})
@@ -100,6 +85,9 @@ def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:
     if section == "scaling":
         from benchmarks import bench_scaling
         return bench_scaling.run(data.images, keras=keras, **sizes)
+    if section == "flow":
+        from benchmarks import bench_flow
+        return bench_flow.run(data.images, data.labels, keras=keras, **sizes)
     if section == "train":
         from benchmarks import bench_train
         return bench_train.run(data.images, data.labels, keras=keras, **sizes)
@@ -143,7 +131,7 @@ def main(argv=None) -> dict:
 
     from benchmarks import data as bench_data
     from benchmarks import keras_peer, report
-    from jaxscale.host_allocator import tune_host_allocator
+    from jaxscale.cpu import tune_host_allocator
 
     started = time.perf_counter()
     size = args.limit or bench_data.MNIST_TRAIN_SIZE

@@ -580,7 +580,7 @@ def load_scaling(path, *, preprocessing_function: Callable | None = None
     from pathlib import Path
 
     path = Path(path)
-    meta, arrays = statistics._read_npz(path, "scaling")
+    meta, arrays = statistics.read_saved_npz(path, "scaling")
     if meta.get("kind") == statistics.STATS_KIND or "config" not in meta:
         kind = ("statistics (save_stats): read it with load_stats"
                 if meta.get("kind") == statistics.STATS_KIND or "scope" in meta
@@ -602,7 +602,7 @@ def load_scaling(path, *, preprocessing_function: Callable | None = None
         missing = [f"stats_{k}" for k in statistics.STATS_FIELDS if f"stats_{k}" not in arrays]
         if not isinstance(info, dict) or missing:
             raise ValueError(f"{path}: its statistics are incomplete (missing {missing})")
-        stats = statistics._checked_stats(
+        stats = statistics.checked_loaded_stats(
             path, arrays["stats_count"],
             {k: np.asarray(arrays[f"stats_{k}"], np.float32)
              for k in statistics.STATS_FIELDS[1:]},

@@ -688,7 +688,7 @@ def load_stats(path: str | Path) -> DatasetStats:
                              "save_stats writes")
         meta, raw = doc, doc
     else:
-        meta, raw = _read_npz(path, "statistics")
+        meta, raw = read_saved_npz(path, "statistics")
     if meta.get("kind") == SCALING_KIND or "config" in meta:
         raise ValueError(f"{path}: holds a scaling config and its params (save_scaling), "
                          "not statistics: read it with load_scaling")
@@ -704,11 +704,12 @@ def load_stats(path: str | Path) -> DatasetStats:
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: its statistics arrays are not numeric arrays of one shape "
                          f"({error})") from None
-    return _checked_stats(path, count, fields, meta["scope"], meta["elements_per_image"])
+    return checked_loaded_stats(path, count, fields, meta["scope"], meta["elements_per_image"])
 
 
-def _read_npz(path: Path, what: str) -> tuple[dict, dict]:
-    """(meta, arrays) of a `.npz` written by save_stats or save_scaling."""
+def read_saved_npz(path: Path, what: str) -> tuple[dict, dict]:
+    """(meta, arrays) of a `.npz` written by save_stats or save_scaling (`scaling` reads its
+    files with it too); a ValueError naming the file when it is not one."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -726,8 +727,10 @@ def _read_npz(path: Path, what: str) -> tuple[dict, dict]:
     return meta, arrays
 
 
-def _checked_stats(path, count, fields: dict, scope, elements_per_image) -> DatasetStats:
-    """DatasetStats from loaded arrays, refusing what save_stats never writes."""
+def checked_loaded_stats(path, count, fields: dict, scope, elements_per_image
+                         ) -> DatasetStats:
+    """DatasetStats from arrays read from `path`, refusing what save_stats never writes
+    (shared with `scaling.load_scaling`)."""
     if scope not in SCOPES:
         raise ValueError(f"{path}: unknown statistics scope {scope!r}; known: {SCOPES}")
     if isinstance(elements_per_image, bool) or not isinstance(

@@ -145,7 +145,7 @@ def test_train_rows_carry_interleaved_overheads(monkeypatch):
                        "step_ms_median": 1.0, "step_ms_spread": 0.1, "compiles": 0,
                        "overhead_pct": overheads[name]} for name in variants}
 
-    monkeypatch.setattr(bench_train.training, "benchmark_train_variants", fake_benchmark)
+    monkeypatch.setattr(bench_train, "benchmark_train_variants", fake_benchmark)
     rows = bench_train.run(tiny_images(), np.zeros(64, np.int32), modes=("none", "standardize"),
                            keras=False)
     by_name = {r["name"]: r for r in rows}
@@ -166,7 +166,7 @@ def test_augment_rows_time_the_train_sections_step(monkeypatch):
         return {name: {"images_per_s": 640.0, "step_ms_median": 100.0,
                        "step_ms_spread": 5.0} for name in variants}
 
-    monkeypatch.setattr(bench_augment.training, "benchmark_train_variants", fake_benchmark)
+    monkeypatch.setattr(bench_augment.bench_train, "benchmark_train_variants", fake_benchmark)
     rows = bench_augment.run(tiny_images(n=32), np.zeros(32, np.int32), batch_sizes=(8,),
                              buffers=2, repeats=2, flow_batches=2, fused_batch_sizes=(16,),
                              fused_rounds=2, keras=False)
@@ -334,3 +334,55 @@ def test_keras_recipe_refuses_what_it_cannot_run(kwargs, message):
     with pytest.raises(ValueError, match=message):
         keras_peer.keras_tutorial_accuracy("normalize", images, labels, images, labels,
                                            seed=0, **kwargs)
+
+
+def test_benchmarked_train_step_does_not_recompile():
+    from benchmarks.bench_train import benchmark_train_step
+    result = benchmark_train_step(model="small_cnn", scaling="standardize", batch_size=32,
+                                  steps=5, warmup=1)
+    assert result["compiles"] == 0
+    assert result["warmup_compiles"] >= 0  # 0 when the persistent compilation cache has it
+    assert set(result) >= {"images_per_s", "step_ms_median", "step_ms_spread", "compiles"}
+    assert result["images_per_s"] > 0
+
+
+def test_benchmark_train_variants_interleaves_without_recompiling():
+    from benchmarks.bench_train import benchmark_train_variants
+    from jaxscale.data.datasets import synthetic_dataset
+    data = synthetic_dataset(256, (28, 28, 1), 10, seed=0)
+    results = benchmark_train_variants(
+        {"none": ("none", None), "standardize": ("standardize", None)}, model="small_cnn",
+        batch_size=32, rounds=3, warmup=1, images=data.images, labels=data.labels)
+    assert list(results) == ["none", "standardize"]
+    assert results["none"]["overhead_pct"] == 0.0
+    for result in results.values():
+        assert result["compiles"] == 0
+        assert result["images_per_s"] == pytest.approx(32e3 / result["step_ms_median"])
+    with pytest.raises(ValueError, match="at least one"):
+        benchmark_train_variants({})
+
+
+def test_flow_rows_time_the_public_flows_against_keras():
+    pytest.importorskip("keras")
+    from benchmarks import bench_flow
+    images = tiny_images(n=130)
+    labels = np.arange(130, dtype=np.int32) % 3
+    rows = bench_flow.run(images, labels, modes=("normalize", "zca"), repeats=2, batches=3,
+                          keras_batches=1, files=130, file_batches=2, keras_file_batches=1)
+    assert [r["name"] for r in rows] == ["flow/normalize", "flow/zca", "flow_from_directory"]
+    assert [r["bar"] for r in rows] == [20.0, 5.0, 3.0]
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["keras_images_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["images_per_s"] / row["keras_images_per_s"])
+        assert isinstance(row["meets_bar"], bool) and len(row["seconds_repeats"]) == 2
+
+
+def test_count_compiles_counts_compilations():
+    import time
+
+    import jax
+    from benchmarks.timing import count_compiles
+    constant = time.time_ns() % 1_000_003  # a program no cache has seen
+    with count_compiles() as compiles:
+        jax.jit(lambda x: x * constant + 1)(1.0)
+    assert compiles[0] == 1

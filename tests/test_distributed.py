@@ -1,4 +1,4 @@
-"""jaxscale.distributed: in-process units, and real multi-process jobs on 127.0.0.1.
+"""jaxscale.training.distributed: in-process units, and real multi-process jobs on 127.0.0.1.
 
 The multi-process tests start `tests/distributed_worker.py` as 2 processes with 2 CPU devices
 each (gloo collectives through jax.distributed) and compare them with one process of 4
@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxscale import distributed
+import jaxscale.training.distributed as distributed
 from jaxscale.scaling import fit_scaling, scaling_config
 from jaxscale.statistics import compute_stats
 
@@ -290,20 +290,24 @@ def test_training_across_processes_matches_single_process(job_results):
 
 
 @pytest.mark.slow
-def test_training_loop_across_processes_keeps_hosts_identical(tmp_path):
+@pytest.mark.parametrize("input", ["resident", "streaming"])
+def test_training_loop_across_processes_keeps_hosts_identical(tmp_path, input):
     """`jaxscale train --distributed`'s loop must leave every host with the same parameters."""
-    processes, logs = _launch(tmp_path, "train", 2, 2)
+    processes, logs = _launch(tmp_path, "train", 2, 2, "--input", input)
     _finish(processes, logs, timeout=240)
     results = [json.loads((tmp_path / "out" / f"{i}.json").read_text()) for i in range(2)]
     assert results[0]["param_checksum"] == results[1]["param_checksum"]
     assert results[0]["train_loss"] == results[1]["train_loss"]
+    assert results[0]["input"] == input
     # process 0 wrote the final checkpoint alone (in the format of the day) and it restores
-    from jaxscale import checkpoint, training
+    import jaxscale.training.checkpoint as checkpoint
+    from jaxscale.training.config import TrainConfig, make_optimizer
+    from jaxscale.training.models import get_model
+    from jaxscale.training.steps import create_train_state
     assert results[0]["checkpoint"] == f"step_00000003.{checkpoint.FORMAT}"
-    config = training.TrainConfig(model="bn_cnn", batch_size=8)
-    tx = training.make_optimizer(config, 3)
-    target = training.create_train_state(training.models.get_model("bn_cnn", 10), tx,
-                                         (16, 16, 3), jax.random.PRNGKey(0))
+    tx = make_optimizer(TrainConfig(model="bn_cnn", batch_size=8), 3)
+    target = create_train_state(get_model("bn_cnn", 10), tx, (16, 16, 3),
+                                jax.random.PRNGKey(0))
     restored, meta = checkpoint.restore_checkpoint(
         tmp_path / "out" / "checkpoints" / results[0]["checkpoint"], target)
     assert int(restored.step) == 3 and meta["config"]["model"] == "bn_cnn"
