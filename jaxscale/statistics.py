@@ -330,11 +330,12 @@ def _exact_stats(grouped: jax.Array, counts: jax.Array, scope: str) -> DatasetSt
         images_per_block = max(1, EXACT_TERMS // rows)
         s1_parts = _block_sums(p1, images_per_block).reshape(-1, c)
         s2_parts = _block_sums(p2, images_per_block).reshape(-1, c)
+    # int32 throughout, also under jax_enable_x64 (where sums of int32 default to int64)
     s1_parts, s2_parts = s1_parts.astype(jnp.int32), s2_parts.astype(jnp.int32)
-    s1 = jnp.sum(s1_parts, axis=0)
-    high = jnp.sum(s2_parts >> _LIMB, axis=0)
-    low = jnp.sum(s2_parts & ((1 << _LIMB) - 1), axis=0)
-    count = jnp.sum(counts)
+    s1 = jnp.sum(s1_parts, axis=0, dtype=jnp.int32)
+    high = jnp.sum(s2_parts >> _LIMB, axis=0, dtype=jnp.int32)
+    low = jnp.sum(s2_parts & ((1 << _LIMB) - 1), axis=0, dtype=jnp.int32)
+    count = jnp.sum(counts, dtype=jnp.int32)
     total = jnp.maximum(count * k, 1)  # values per entry
     q = jnp.floor_divide(2 * s1 + total, 2 * total)
     r = s1 - q * total
