@@ -7,6 +7,11 @@ elementwise copy measured in the same run (`copy_bandwidth`). Peer: Keras' `flow
 mode; its cost is a per-image Python loop, so its batch is capped at `KERAS_MAX_BATCH` (and ZCA,
 ~1k images/s there, gets one batch per repeat) to keep the run short. Our repeats and
 Keras' alternate, so that both sides see the same load on a shared host.
+
+The mode rows time `scale_jit(..., check=False)`, the scaling alone. `<mode>/checked` rows
+time the default, `scale_jit`'s NaN/inf check (flags computed in the same compiled call and
+read back after it), interleaved with the unchecked call on the same batches: `overhead_pct`
+is the check's cost.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from benchmarks.timing import Job, device_batches, measure, measure_interleaved
 
 KERAS_MAX_BATCH = 1024
 MODES = tuple(jaxscale.scaling.MODES)
+CHECK_MODES = ("normalize", "standardize")
 
 
 def copy_bandwidth(megabytes: int | None = None, *, buffers: int | None = None,
@@ -63,7 +69,7 @@ def bytes_per_batch(mode: str, batch_shape: tuple[int, ...], out_dtype=np.float3
 
 def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int = 8,
         repeats: int = 5, keras_batches: int = 4, keras: bool = True,
-        roofline: dict | None = None) -> list[dict]:
+        roofline: dict | None = None, check_modes=CHECK_MODES) -> list[dict]:
     """Times every mode on batches of `images` (uint8[N, H, W, C]).
 
     Args:
@@ -73,10 +79,12 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
       repeats: timed repeats; each scales every buffer once, then runs Keras' repeat.
       keras_batches: Keras `flow` batches per repeat (ZCA: 1); keras=False skips Keras.
       roofline: a `copy_bandwidth()` row to compare with (measured when None).
+      check_modes: modes whose checked `scale_jit` is timed against the unchecked one.
 
     Returns:
       The roofline row, then one row per mode with images_per_s, gb_per_s, roofline_fraction,
-      keras_images_per_s, ratio (ours / Keras).
+      keras_images_per_s, ratio (ours / Keras), then one `<mode>/checked` row per check mode
+      with images_per_s (checked), unchecked_images_per_s and overhead_pct.
     """
     batch_size = min(batch_size, len(images))
     batches = device_batches(images, batch_size, buffers)
@@ -88,7 +96,7 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
         params = jaxscale.fit_scaling(config, images)
 
         def ours(batch, config=config, params=params):
-            return jaxscale.scale_jit(batch, config, params)
+            return jaxscale.scale_jit(batch, config, params, check=False)
 
         keras_batch = min(batch_size, KERAS_MAX_BATCH)
         flow = (keras_peer.keras_flow_iterator(images, mode, batch_size=keras_batch)
@@ -116,4 +124,24 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
             row["keras_spread"] = peer.spread
             row["ratio"] = timing.items_per_s / peer.items_per_s
         rows.append(row)
+    for mode in check_modes:
+        rows.append(check_cost(images, batches, mode, repeats=repeats))
     return rows
+
+
+def check_cost(images: np.ndarray, batches: list, mode: str, *, repeats: int) -> dict:
+    """`scale_jit` with and without its NaN/inf check on the same device batches,
+    interleaved: the checked rate and the check's overhead in percent."""
+    config = jaxscale.scaling_config(mode)
+    params = jaxscale.fit_scaling(config, images)
+    count = len(batches)
+    jobs = {name: Job(lambda batch, check=check: jaxscale.scale_jit(batch, config, params,
+                                                                     check=check),
+                      batches, batches[0].shape[0], calls_per_repeat=count, warmup=count + 2)
+            for name, check in (("checked", True), ("unchecked", False))}
+    timings = measure_interleaved(jobs, repeats=repeats)
+    checked, unchecked = timings["checked"], timings["unchecked"]
+    return {"bench": "scaling", "name": f"{mode}/checked", "batch_size": batches[0].shape[0],
+            "buffers": count, **checked.summary(),
+            "unchecked_images_per_s": unchecked.items_per_s,
+            "overhead_pct": 100.0 * (unchecked.items_per_s / checked.items_per_s - 1.0)}

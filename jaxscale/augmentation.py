@@ -51,7 +51,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscale.validation import DataFormat, check_data_format, check_images
+from jaxscale.validation import (
+    DataFormat,
+    as_array,
+    check_data_format,
+    check_images,
+    check_representable,
+    finite,
+    raise_on_flags,
+)
 
 FILL_MODES = ("constant", "nearest", "reflect", "wrap", "grid-wrap")
 INTERPOLATION_ORDERS = (0, 1)
@@ -462,6 +470,7 @@ def augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Arr
     Returns:
       float32 images, same shape and layout.
     """
+    images = as_array(images)
     check_images(images, config.data_format)
     images = jnp.asarray(images)
     if config.is_identity:
@@ -471,20 +480,92 @@ def augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Arr
     return apply_transforms(images, transforms, config)
 
 
-augment_jit = jax.jit(augment, static_argnames="config")
-apply_transforms_jit = jax.jit(apply_transforms, static_argnames="config")
+def _augment_and_flags(key, images, config: AugmentConfig):
+    out = augment(key, images, config)
+    return out, jnp.stack([finite(images), finite(out)])
+
+
+def _apply_and_flags(images, transforms: Transforms, config: AugmentConfig):
+    out = apply_transforms(images, transforms, config)
+    parameters = jnp.all(jnp.stack([finite(v) for v in jax.tree_util.tree_leaves(transforms)]))
+    return out, jnp.stack([finite(images), parameters, finite(out)])
+
+
+_augment_unchecked = jax.jit(augment, static_argnames="config")
+_augment_checked = jax.jit(_augment_and_flags, static_argnames="config")
+_apply_unchecked = jax.jit(apply_transforms, static_argnames="config")
+_apply_checked = jax.jit(_apply_and_flags, static_argnames="config")
+_IMAGES_NOT_FINITE = "images contains NaN or inf values"
+_OUTPUT_NOT_FINITE = ("the augmented images hold NaN or inf although the images are finite "
+                      "(float32 overflow of values near 3.4e38)")
+
+
+def augment_jit(key: jax.Array, images, config: AugmentConfig, *,
+                check: bool = True) -> jax.Array:
+    """`augment` compiled once per (config, shape, dtype), checked for NaN and inf.
+
+    check: compute in the same compiled call whether the images and the output are finite
+    and raise ValueError if not (one reduction each and a 2-bool device-to-host read per
+    call); False skips both.
+    """
+    images = as_array(images)
+    check_representable(images)
+    if not check:
+        return _augment_unchecked(key, images, config)
+    out, flags = _augment_checked(key, images, config)
+    raise_on_flags(flags, (_IMAGES_NOT_FINITE, _OUTPUT_NOT_FINITE), caller="augment_jit")
+    return out
+
+
+def apply_transforms_jit(images, transforms: Transforms, config: AugmentConfig, *,
+                         check: bool = True) -> jax.Array:
+    """`apply_transforms` compiled once per (config, shape, dtype), checked for NaN and inf
+    in the images, the transform parameters and the output (see `augment_jit`)."""
+    images = as_array(images)
+    check_representable(images)
+    if not check:
+        return _apply_unchecked(images, transforms, config)
+    out, flags = _apply_checked(images, transforms, config)
+    raise_on_flags(flags, (_IMAGES_NOT_FINITE,
+                           "the transform parameters hold NaN or inf values",
+                           _OUTPUT_NOT_FINITE), caller="apply_transforms_jit")
+    return out
+
+
+TRANSFORM_DEFAULTS = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0,
+                      "flip_horizontal": 0.0, "flip_vertical": 0.0,
+                      "channel_shift_intensity": 0.0, "brightness": 1.0}
 
 
 def transforms_from_dicts(params: Sequence[dict]) -> Transforms:
-    """Transforms from Keras `get_random_transform`-style dicts (missing keys: identity)."""
-    defaults = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0,
-                "flip_horizontal": 0.0, "flip_vertical": 0.0,
-                "channel_shift_intensity": 0.0, "brightness": 1.0}
-    columns = {name: [] for name in defaults}
-    for p in params:
-        for name, default in defaults.items():
+    """Transforms from Keras `get_random_transform`-style dicts (missing keys: identity).
+
+    Raises:
+      ValueError: a parameter set that is not a dict, an unknown key (Keras would ignore a
+        misspelt one silently), or a value that is not a finite real number (NaN would turn
+        every output pixel into NaN).
+    """
+    columns = {name: [] for name in TRANSFORM_DEFAULTS}
+    for index, p in enumerate(params):
+        if not isinstance(p, dict):
+            raise ValueError(f"transform parameters must be dicts with Keras' keys, got "
+                             f"{type(p).__name__} at index {index}")
+        unknown = sorted(set(p) - set(TRANSFORM_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown transform parameter(s) {unknown}; known: "
+                             f"{sorted(TRANSFORM_DEFAULTS)}")
+        for name, default in TRANSFORM_DEFAULTS.items():
             value = p.get(name, default)
-            columns[name].append(default if value is None else float(value))
+            if value is None:
+                value = default
+            if isinstance(value, (str, bytes)) or np.ndim(value) != 0 or (
+                    np.asarray(value).dtype.kind not in "biuf"):
+                raise ValueError(f"transform parameter {name!r} must be a real number, got "
+                                 f"{type(value).__name__} {value!r}")
+            value = float(value)
+            if not np.isfinite(value):
+                raise ValueError(f"transform parameter {name!r} must be finite, got {value}")
+            columns[name].append(value)
     return Transforms(**{k: jnp.asarray(v, jnp.float32) for k, v in columns.items()})
 
 

@@ -202,7 +202,9 @@ def batch_stats(images: jax.Array, *, scope: Scope = "channel",
       or [] in channels_last order.
 
     8-bit integer images are summed exactly (`_exact_stats`); other integers and floats take
-    the corrected two-pass per image, merged as a balanced tree.
+    the corrected two-pass per image, merged as a balanced tree. Inside jit nothing can be
+    refused: statistics float32 cannot hold come out NaN or inf (integers beyond 2^24 as
+    NaN), which `compute_stats` turns into an error (`check_stats_finite`).
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -328,11 +330,12 @@ def _exact_stats(grouped: jax.Array, counts: jax.Array, scope: str) -> DatasetSt
         images_per_block = max(1, EXACT_TERMS // rows)
         s1_parts = _block_sums(p1, images_per_block).reshape(-1, c)
         s2_parts = _block_sums(p2, images_per_block).reshape(-1, c)
+    # int32 throughout, also under jax_enable_x64 (where sums of int32 default to int64)
     s1_parts, s2_parts = s1_parts.astype(jnp.int32), s2_parts.astype(jnp.int32)
-    s1 = jnp.sum(s1_parts, axis=0)
-    high = jnp.sum(s2_parts >> _LIMB, axis=0)
-    low = jnp.sum(s2_parts & ((1 << _LIMB) - 1), axis=0)
-    count = jnp.sum(counts)
+    s1 = jnp.sum(s1_parts, axis=0, dtype=jnp.int32)
+    high = jnp.sum(s2_parts >> _LIMB, axis=0, dtype=jnp.int32)
+    low = jnp.sum(s2_parts & ((1 << _LIMB) - 1), axis=0, dtype=jnp.int32)
+    count = jnp.sum(counts, dtype=jnp.int32)
     total = jnp.maximum(count * k, 1)  # values per entry
     q = jnp.floor_divide(2 * s1 + total, 2 * total)
     r = s1 - q * total
@@ -552,20 +555,24 @@ def compute_stats(images, *, scope: Scope = "channel",
     """Statistics of a whole dataset in one streaming pass on the default device.
 
     Args:
-      images: uint8 or float[N, H, W, C] (or channels_first), a NumPy or JAX array; or an
-        iterable of such batches (a dataset that does not fit in memory).
+      images: uint8, other integer or float[N, H, W, C] (or channels_first), a NumPy or JAX
+        array; or an iterable of such batches of one image shape (a dataset that does not
+        fit in memory).
       scope: "channel" (Keras' featurewise), "pixel" or "global".
       data_format: layout of `images`.
       batch_size: images per device step when `images` is one array; None: about 2M values
         per step (`auto_batch_size`). The result does not depend on it beyond float32
-        rounding.
+        rounding. uint8/int8 steps of at most EXACT_MAX_VALUES values per entry are summed
+        exactly; larger steps take the float path.
       progress: show a tqdm progress bar.
 
     Returns:
       DatasetStats with statistic shape [C], [H, W, C] or [] (channels_last order).
 
     Raises:
-      ValueError: bad rank/channels/dtype, no images, or non-finite values.
+      ValueError: bad rank/channels/dtype, no images, non-finite values, batches of another
+        image shape, values the device types cannot hold (int64 beyond int32, float64
+        beyond float32), integers beyond 2^24, or statistics that overflow float32.
     """
     check_data_format(data_format)
     if scope not in SCOPES:
@@ -682,7 +689,7 @@ def load_stats(path: str | Path) -> DatasetStats:
                              "save_stats writes")
         meta, raw = doc, doc
     else:
-        meta, raw = _read_npz(path, "statistics")
+        meta, raw = read_saved_npz(path, "statistics")
     if meta.get("kind") == SCALING_KIND or "config" in meta:
         raise ValueError(f"{path}: holds a scaling config and its params (save_scaling), "
                          "not statistics: read it with load_scaling")
@@ -698,11 +705,12 @@ def load_stats(path: str | Path) -> DatasetStats:
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: its statistics arrays are not numeric arrays of one shape "
                          f"({error})") from None
-    return _checked_stats(path, count, fields, meta["scope"], meta["elements_per_image"])
+    return checked_loaded_stats(path, count, fields, meta["scope"], meta["elements_per_image"])
 
 
-def _read_npz(path: Path, what: str) -> tuple[dict, dict]:
-    """(meta, arrays) of a `.npz` written by save_stats or save_scaling."""
+def read_saved_npz(path: Path, what: str) -> tuple[dict, dict]:
+    """(meta, arrays) of a `.npz` written by save_stats or save_scaling (`scaling` reads its
+    files with it too); a ValueError naming the file when it is not one."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -720,8 +728,10 @@ def _read_npz(path: Path, what: str) -> tuple[dict, dict]:
     return meta, arrays
 
 
-def _checked_stats(path, count, fields: dict, scope, elements_per_image) -> DatasetStats:
-    """DatasetStats from loaded arrays, refusing what save_stats never writes."""
+def checked_loaded_stats(path, count, fields: dict, scope, elements_per_image
+                         ) -> DatasetStats:
+    """DatasetStats from arrays read from `path`, refusing what save_stats never writes
+    (shared with `scaling.load_scaling`)."""
     if scope not in SCOPES:
         raise ValueError(f"{path}: unknown statistics scope {scope!r}; known: {SCOPES}")
     if isinstance(elements_per_image, bool) or not isinstance(

@@ -295,6 +295,55 @@ def test_eager_equals_jit_and_uint8_equals_float_input():
     assert eager.dtype == np.float32 and 0 <= eager.min() and eager.max() <= 255
 
 
+# ---- NaN/inf, transform dicts, array-likes (issue 16) ----
+
+
+def test_augment_jit_refuses_nan_images_unless_unchecked():
+    x = random_images()
+    x[0, 3, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="augment_jit: images contains NaN or inf"):
+        aug.augment_jit(jax.random.PRNGKey(0), x, aug.SEED_RECIPE)
+    out = aug.augment_jit(jax.random.PRNGKey(0), x, aug.SEED_RECIPE, check=False)
+    assert np.isnan(np.asarray(out)).any()
+
+
+def test_apply_transforms_jit_refuses_nan_parameters():
+    transforms = one(theta=10.0).replace(theta=jnp.array([jnp.nan]))
+    config = AugmentConfig(rotation_range=10)
+    with pytest.raises(ValueError, match="apply_transforms_jit: the transform parameters"):
+        aug.apply_transforms_jit(random_images(n=1), transforms, config)
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"theta": float("nan")}, "'theta' must be finite, got nan"),
+    ({"zx": float("inf")}, "'zx' must be finite"),
+    ({"tx": "3"}, "'tx' must be a real number, got str"),
+    ({"tx": [1.0, 2.0]}, "'tx' must be a real number, got list"),
+    ({"thetaa": 5.0}, r"unknown transform parameter\(s\) \['thetaa'\]"),
+    ([("theta", 1.0)], "must be dicts with Keras' keys, got list"),
+])
+def test_transform_dicts_are_validated(params, message):
+    # a NaN theta made every output pixel NaN; a misspelt key was ignored
+    with pytest.raises(ValueError, match=message):
+        aug.transforms_from_dicts([params])
+
+
+def test_numpy_scalars_and_bools_are_accepted_as_transform_parameters():
+    got = aug.transforms_from_dicts([{"theta": np.float32(5), "flip_horizontal": np.True_,
+                                      "flip_vertical": False, "brightness": None}])
+    assert float(got.theta[0]) == 5.0 and float(got.flip_horizontal[0]) == 1.0
+    assert float(got.brightness[0]) == 1.0
+
+
+@pytest.mark.parametrize("fn", ["augment", "augment_jit"])
+def test_nested_lists_augment_like_arrays(fn):
+    x = random_images(n=2, h=5, w=5)
+    f = getattr(aug, fn)
+    key = jax.random.PRNGKey(3)
+    np.testing.assert_array_equal(np.asarray(f(key, x.tolist(), aug.SEED_RECIPE)),
+                                  np.asarray(f(key, x, aug.SEED_RECIPE)))
+
+
 def keras_source_coordinates(params, height, width):
     """float64 (row, col)[H, W] that Keras' apply_transform reads for every output pixel:
     its matrix built as Keras builds it (x, y order, centre, then swapped), flips after."""

@@ -90,9 +90,15 @@ def test_real_mnist_when_files_are_there(mnist_dir):
 def test_scaling_rows_on_tiny_input():
     rows = bench_scaling.run(tiny_images(), modes=("none", "standardize"), batch_size=16,
                              buffers=2, repeats=1, keras=False,
-                             roofline=bench_scaling.copy_bandwidth(1, buffers=2, repeats=1))
-    assert [r["name"] for r in rows] == ["copy_roofline", "none", "standardize"]
-    for row in rows[1:]:
+                             roofline=bench_scaling.copy_bandwidth(1, buffers=2, repeats=1),
+                             check_modes=("standardize",))
+    assert [r["name"] for r in rows] == ["copy_roofline", "none", "standardize",
+                                         "standardize/checked"]
+    checked = rows[-1]
+    assert checked["images_per_s"] > 0 and checked["unchecked_images_per_s"] > 0
+    assert checked["overhead_pct"] == pytest.approx(
+        100 * (checked["unchecked_images_per_s"] / checked["images_per_s"] - 1))
+    for row in rows[1:-1]:
         assert row["batch_size"] == 16 and row["buffers"] == 2
         assert row["gb_per_s"] > 0 and row["images_per_s"] > 0
         assert row["roofline_fraction"] == pytest.approx(row["gb_per_s"] / rows[0]["gb_per_s"])

@@ -313,6 +313,85 @@ def test_fit_on_augmented_rounds():
     np.testing.assert_array_equal(again.mean, gen.mean)
 
 
+# ---- NaN/inf, array-likes, fit's batch_size (issue 16) ----
+
+
+def _standardizing(**kwargs):
+    x, y = digits(20)
+    return x, y, jaxscale.ImageDataGenerator(featurewise_center=True,
+                                             featurewise_std_normalization=True,
+                                             **kwargs).fit(x)
+
+
+def test_standardize_refuses_nan_unless_unchecked():
+    x, _, gen = _standardizing()
+    bad = x.astype(np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="images contains NaN or inf"):
+        gen.standardize(bad)
+    _, _, unchecked = _standardizing(check_finite=False)
+    assert np.isnan(np.asarray(unchecked.standardize(bad))[0, 0, 0, 0])
+
+
+def test_standardize_refuses_nan_params():
+    x, _, gen = _standardizing()
+    gen.params = gen.params.replace(mean=gen.params.mean * np.nan)
+    with pytest.raises(ValueError, match="params.mean holds NaN"):
+        gen.standardize(x)
+    with pytest.raises(ValueError, match="params.mean holds NaN"):
+        gen.flow(x)
+
+
+def test_flow_reports_a_batch_that_overflows():
+    # finite images and params, but a preprocessing_function that blows up on some pixels
+    x, y = digits(20)
+    gen = jaxscale.ImageDataGenerator(preprocessing_function=lambda im: 1.0 / (im - im))
+    with pytest.raises(ValueError, match="a scaled batch holds NaN or inf"):
+        next(gen.flow(x, y, batch_size=8))
+    unchecked = jaxscale.ImageDataGenerator(preprocessing_function=lambda im: 1.0 / (im - im),
+                                            check_finite=False)
+    assert not np.isfinite(np.asarray(next(unchecked.flow(x, y, batch_size=8))[0])).any()
+
+
+def test_apply_transform_refuses_nan_parameters():
+    x, _, gen = _standardizing()
+    with pytest.raises(ValueError, match="'theta' must be finite"):
+        gen.apply_transform(x[0], {"theta": float("nan")})
+
+
+def test_nested_lists_work_like_arrays():
+    x, y, gen = _standardizing()
+    np.testing.assert_array_equal(np.asarray(gen.standardize(x.tolist())),
+                                  np.asarray(gen.standardize(x)))
+    np.testing.assert_array_equal(np.asarray(gen.standardize(x[0].tolist())),
+                                  np.asarray(gen.standardize(x[0])))
+    listed = next(gen.flow(x.tolist(), y.tolist(), batch_size=8, seed=1))
+    arrays = next(gen.flow(x, y, batch_size=8, seed=1))
+    np.testing.assert_array_equal(np.asarray(listed[0]), np.asarray(arrays[0]))
+    np.testing.assert_array_equal(np.asarray(listed[1]), np.asarray(arrays[1]))
+    fitted = jaxscale.ImageDataGenerator(featurewise_center=True).fit(x.tolist())
+    np.testing.assert_allclose(fitted.mean, jaxscale.ImageDataGenerator(
+        featurewise_center=True).fit(x).mean)
+
+
+@pytest.mark.parametrize("batch_size", [-3, 0, 2.5, True])
+@pytest.mark.parametrize("augment", [True, False])
+def test_fit_refuses_a_batch_size_that_is_not_positive(batch_size, augment):
+    # batch_size=-3 with augment=True said "got no images"; 0 was taken silently
+    x, _ = digits(10)
+    gen = jaxscale.ImageDataGenerator(featurewise_center=True, rotation_range=10)
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer or None, "
+                                         f"got {batch_size!r}"):
+        gen.fit(x, augment=augment, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0])
+def test_flow_refuses_a_batch_size_that_is_not_positive(batch_size):
+    x, y, gen = _standardizing()
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        gen.flow(x, y, batch_size=batch_size)
+
+
 # ------------------------------------------------------------------ batches per compiled call
 
 def test_flow_hands_out_several_batches_per_compiled_call(monkeypatch):

@@ -290,7 +290,7 @@ def test_stream_skips_empty_batches_and_checks_every_batch():
 U = 2.0 ** -24
 
 
-@pytest.mark.numerics
+# Not `numerics`: exact integer sums do not depend on the order a CPU adds them in.
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("shape", [(37, 6, 5, 3), (6, 40, 41, 1), (3, 31, 37, 3)],
@@ -310,7 +310,6 @@ def test_eight_bit_statistics_are_exact_sums(dtype, scope, shape):
     np.testing.assert_allclose(np.asarray(stats.variance), ref_var, rtol=7 * U, atol=0)
 
 
-@pytest.mark.numerics
 def test_eight_bit_pixel_statistics_of_thousands_of_images_are_exact():
     # pixel scope sums over images in blocks of 2^10: 2500 images cross two block borders
     images = np.random.default_rng(6).integers(0, 256, (2500, 3, 2, 1)).astype(np.uint8)
@@ -483,3 +482,14 @@ def test_nearly_constant_large_image_is_exact(scope):
     ref_mean, ref_var = reference_stats(images, scope)
     np.testing.assert_allclose(np.asarray(stats.variance), ref_var, rtol=7 * U)
     np.testing.assert_allclose(np.asarray(stats.mean), ref_mean, rtol=2 * U)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_statistics_keep_their_dtypes_under_jax_enable_x64(dtype):
+    # the float64 device comparisons (test_parallel) fit their scaling with x64 on
+    images = random_images(dtype=dtype)
+    want = jaxscale.compute_stats(images)
+    with jax.enable_x64(True):
+        got = jaxscale.compute_stats(images)
+    assert got.count.dtype == jnp.int32 and got.mean_hi.dtype == jnp.float32
+    chex.assert_trees_all_equal(jax.device_get(got), jax.device_get(want))

@@ -49,7 +49,7 @@ from jaxscale.generator.functions import (
     random_zoom,
 )
 from jaxscale.scaling import ScalingConfig, ScalingParams
-from jaxscale.validation import channel_axis, check_images
+from jaxscale.validation import as_array, channel_axis, check_images
 
 # What `keras.preprocessing.image` offered, under the same names.
 __all__ = ["DataFrameIterator", "DirectoryIterator", "FlowIterator", "ImageDataGenerator",
@@ -79,13 +79,17 @@ class ImageDataGenerator:
       dtype: output dtype: "float32" (default), "bfloat16", "float16" (cast on device), or
         "float64" (computed in float32, cast on the host: batches are then NumPy arrays).
       statistics_scope: featurewise statistics per "channel" (Keras), "pixel" or "global".
+      check_finite: check the inputs and output of every compiled call for NaN/inf (and the
+        fitted std for negative values) in that same call and raise ValueError; False skips
+        the check (see `scaling.scale_jit`).
     """
 
     def __init__(self, featurewise_center=False, samplewise_center=False,
                  featurewise_std_normalization=False, samplewise_std_normalization=False,
                  zca_whitening=False, zca_epsilon=1e-6, rescale=None,
                  preprocessing_function=None, data_format=None, validation_split=0.0,
-                 dtype=None, statistics_scope="channel", **augment_kwargs):
+                 dtype=None, statistics_scope="channel", check_finite=True,
+                 **augment_kwargs):
         unknown = set(augment_kwargs) - set(augmentation.AUGMENTATION_KEYWORDS)
         if unknown:
             raise TypeError(f"ImageDataGenerator got unexpected keyword(s) {sorted(unknown)}")
@@ -109,6 +113,7 @@ class ImageDataGenerator:
         self.augment_config = augmentation.augment_config(
             data_format=self.config.data_format, **augment_kwargs)
         self.validation_split = validation_split
+        self.check_finite = bool(check_finite)
         self.params: ScalingParams | None = None if self.config.needs_fit else ScalingParams()
 
     # Keras' attribute names, for code that reads them.
@@ -172,9 +177,14 @@ class ImageDataGenerator:
         Returns:
           self, with `params` (and Keras-shaped `mean`, `std`, `zca_whitening_matrix`) set.
         """
+        x = as_array(x, name="x")
         check_images(x, self.config.data_format, name="x")
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+                batch_size, (int, np.integer)) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got "
+                             f"{batch_size!r}")
         data = x
         if augment:
             data = self._augmented_passes(
@@ -194,7 +204,7 @@ class ImageDataGenerator:
                 else:
                     yield augmentation.augment_jit(
                         jax.random.fold_in(jax.random.fold_in(key, r), b), chunk,
-                        self.augment_config)
+                        self.augment_config, check=self.check_finite)
 
     def get_random_transform(self, img_shape, seed: int | None = None) -> dict:
         """Random parameters for one image of shape img_shape, a dict with Keras' keys.
@@ -227,13 +237,14 @@ class ImageDataGenerator:
                 1.0 if params.get("channel_shift_intensity") is not None else 0.0),
             brightness_range=(1.0, 1.0) if params.get("brightness") is not None else None)
         transforms = augmentation.transforms_from_dicts([params])
-        return augmentation.apply_transforms_jit(jnp.asarray(x)[None], transforms, config)[0]
+        return augmentation.apply_transforms_jit(jnp.asarray(x)[None], transforms, config,
+                                                 check=self.check_finite)[0]
 
     def random_transform(self, x, seed: int | None = None) -> jax.Array:
         """One image [H, W, C] (or [C, H, W]) randomly augmented; float32, same shape."""
         _check_single_image(x, self.config.data_format)
         return augmentation.augment_jit(_key_from_seed(seed), jnp.asarray(x)[None],
-                                        self.augment_config)[0]
+                                        self.augment_config, check=self.check_finite)[0]
 
     def _require_fit(self):
         if self.params is None:
@@ -245,19 +256,23 @@ class ImageDataGenerator:
     def standardize(self, x) -> jax.Array:
         """Scales a batch [N, H, W, C] (or one image [H, W, C]); returns a new array."""
         self._require_fit()
+        x = as_array(x, name="x")
         single = np.ndim(x) == 3
-        batch = jnp.asarray(x)[None] if single else x
-        out = scaling.scale_jit(batch, self.config, self.params)
+        batch = x[None] if single else x
+        out = scaling.scale_jit(batch, self.config, self.params, check=self.check_finite)
         return out[0] if single else out
 
     def _iterator_options(self, subset: str | None) -> dict:
         """What every iterator gets from the generator; validation data is not augmented."""
         self._require_fit()
+        if self.check_finite:
+            scaling.check_params(self.params, self.config)  # once: the batches then check x
         augment_config = None if (subset == "validation"
                                   or self.augment_config.is_identity) else self.augment_config
         _, device_dtype, host_dtype = _DTYPES[self.dtype]
         return {"config": self.config, "params": self.params, "augment_config": augment_config,
-                "out_dtype": device_dtype, "host_dtype": host_dtype}
+                "out_dtype": device_dtype, "host_dtype": host_dtype,
+                "check_finite": self.check_finite}
 
     def _split(self, subset: str | None) -> tuple[float, float] | None:
         if subset is None:
@@ -296,7 +311,10 @@ class ImageDataGenerator:
           `len()` batches per epoch, the last one smaller when batch_size does not divide N.
         """
         x_misc = []
-        if isinstance(x, (tuple, list)):
+        # Keras' (images, extra) pair; a nested list of numbers is the images themselves
+        if isinstance(x, (tuple, list)) and not (
+                len(x) and isinstance(x[0], (list, tuple)) and len(x[0]) and not isinstance(
+                    x[0][0], (np.ndarray, jax.Array))):
             x, extra = x[0], x[1]
             x_misc = [np.asarray(extra)] if not isinstance(extra, list) else [
                 np.asarray(e) for e in extra]
@@ -313,6 +331,7 @@ class ImageDataGenerator:
             raise ValueError("`x` (images tensor) and `sample_weight` should have the same "
                              f"length. Found: x.shape = {tuple(np.shape(x))}, "
                              f"sample_weight.shape = {tuple(np.shape(sample_weight))}")
+        x = as_array(x, name="x")
         split = self._split(subset)
         options = self._iterator_options(subset)
         check_images(x, self.config.data_format, name="x")

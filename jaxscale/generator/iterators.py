@@ -47,6 +47,7 @@ from jaxscale.data.image_files import (
 )
 from jaxscale.data.pipeline import epoch_order
 from jaxscale.scaling import ScalingConfig, ScalingParams
+from jaxscale.validation import finite, raise_on_flags
 
 # One compiled call computes at most this many batches, and about this many output bytes.
 MAX_BATCHES_PER_CALL = 32
@@ -134,16 +135,17 @@ def _augment_batches(batch, key, epoch, first_row, sizes, config: AugmentConfig)
 
 
 @functools.partial(jax.jit, static_argnames=("sizes", "config", "augment_config", "out_dtype",
-                                             "to_channels_first"))
+                                             "to_channels_first", "check"))
 def _flow_call(images, extras, order, first_row, params, key, epoch, *,
                sizes: tuple[int, ...], config: ScalingConfig,
                augment_config: AugmentConfig | None, out_dtype: str | None,
-               to_channels_first: bool = False):
+               to_channels_first: bool = False, check: bool = False):
     """Consecutive batches of `sizes` images, augmented (if a config is given) and scaled.
 
     With `order` (int32[N]) the rows are order[first_row:first_row + sum(sizes)] of the
     device-resident `images` and of every array in `extras`; with order None, `images` and
-    `extras` are the rows themselves (decoded files). Returns one tuple (x, *extras) per batch.
+    `extras` are the rows themselves (decoded files). Returns one tuple (x, *extras) per batch
+    and bool[]: with `check`, whether every scaled value is finite (else True).
     """
     total = sum(sizes)
     if order is not None:
@@ -160,7 +162,8 @@ def _flow_call(images, extras, order, first_row, params, key, epoch, *,
     cuts = np.cumsum(sizes)[:-1].tolist()
     xs = jnp.split(x, cuts)
     parts = [jnp.split(e, cuts) for e in extras]
-    return tuple((xs[k], *(p[k] for p in parts)) for k in range(len(sizes)))
+    return (tuple((xs[k], *(p[k] for p in parts)) for k in range(len(sizes))),
+            finite(x) if check else jnp.bool_(True))
 
 
 def _is_numeric(array: np.ndarray) -> bool:
@@ -397,8 +400,9 @@ class _DeviceScaled(Iterator):
 
     def _setup_scaling(self, config: ScalingConfig, params: ScalingParams,
                        augment_config: AugmentConfig | None, out_dtype: str | None,
-                       host_dtype: str | None):
+                       host_dtype: str | None, check_finite: bool = True):
         self.config, self.params = config, params
+        self.check_finite = check_finite
         self.augment_config = augment_config
         self._out_dtype = out_dtype
         self._host_dtype = host_dtype
@@ -407,10 +411,19 @@ class _DeviceScaled(Iterator):
 
     def _call(self, images, extras, order, first: int, count: int, *,
               to_channels_first: bool = False):
-        return _flow_call(images, tuple(extras), order, first * self.batch_size, self.params,
-                          self.augment_key, self.epoch, sizes=self._sizes(first, count),
-                          config=self.config, augment_config=self.augment_config,
-                          out_dtype=self._out_dtype, to_channels_first=to_channels_first)
+        batches, batches_finite = _flow_call(
+            images, tuple(extras), order, first * self.batch_size, self.params,
+            self.augment_key, self.epoch, sizes=self._sizes(first, count),
+            config=self.config, augment_config=self.augment_config,
+            out_dtype=self._out_dtype, to_channels_first=to_channels_first,
+            check=self.check_finite)
+        if self.check_finite:
+            # the generator checked its params, flow its images: only float32 overflow or a
+            # preprocessing_function (or NaN decoded from files) can bring NaN/inf here
+            raise_on_flags(batches_finite[None], (
+                "a scaled batch holds NaN or inf: float32 overflowed, or the "
+                "preprocessing_function produced them",), caller=type(self).__name__)
+        return batches
 
 
 class NumpyArrayIterator(_DeviceScaled):
@@ -425,7 +438,8 @@ class NumpyArrayIterator(_DeviceScaled):
                  batch_size: int = 32, shuffle: bool = False, sample_weight=None,
                  seed: int | None = None, x_misc=(), augment_config: AugmentConfig | None = None,
                  out_dtype: str | None = None, host_dtype: str | None = None,
-                 save_to_dir=None, save_prefix: str = "", save_format: str = "png"):
+                 save_to_dir=None, save_prefix: str = "", save_format: str = "png",
+                 check_finite: bool = True):
         self.x = jnp.asarray(x)
         n = int(self.x.shape[0])
         if n == 0:
@@ -433,7 +447,8 @@ class NumpyArrayIterator(_DeviceScaled):
         self.data_format = config.data_format
         super().__init__(n, batch_size, shuffle, seed,
                          image_values=math.prod(self.x.shape[1:]))
-        self._setup_scaling(config, params, augment_config, out_dtype, host_dtype)
+        self._setup_scaling(config, params, augment_config, out_dtype, host_dtype,
+                            check_finite)
         self.x_misc = [np.asarray(a) for a in x_misc]
         self.y = None if y is None else np.asarray(y)
         self.sample_weight = None if sample_weight is None else np.asarray(sample_weight)
@@ -488,7 +503,7 @@ class _FileIterator(_DeviceScaled):
                     "interpolation": "nearest", "keep_aspect_ratio": False, "batch_size": 32,
                     "shuffle": True, "seed": None, "save_to_dir": None, "save_prefix": "",
                     "save_format": "png", "augment_config": None, "out_dtype": None,
-                    "host_dtype": None, "decode_workers": None}
+                    "host_dtype": None, "decode_workers": None, "check_finite": True}
 
     @classmethod
     def _file_options(cls, given: dict) -> dict:
@@ -523,7 +538,7 @@ class _FileIterator(_DeviceScaled):
         self._prefetched = None
         self._prefetcher = None
         self._setup_scaling(config, params, options["augment_config"], options["out_dtype"],
-                            options["host_dtype"])
+                            options["host_dtype"], options["check_finite"])
         self.save_to_dir, self.save_prefix, self.save_format = (
             options["save_to_dir"], options["save_prefix"], options["save_format"])
 
