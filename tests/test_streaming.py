@@ -176,7 +176,7 @@ def test_device_iterator_state_counts_yielded_batches_only(data, reader):
 
 def test_state_of_another_stream_is_refused(reader):
     state = streaming.stream(reader, 16, seed=5).get_state()
-    with pytest.raises(ValueError, match="batch_size=16, this stream has batch_size=8"):
+    with pytest.raises(ValueError, match="saved with batch_size=16, this run reads with batch_size=8"):
         streaming.stream(reader, 8, seed=5).set_state(state)
     with pytest.raises(ValueError, match="outside this stream"):
         streaming.stream(reader, 16, seed=5).set_state(dict(state, epoch=3))
@@ -339,28 +339,26 @@ def test_tfds_data_source_streams_and_converts_to_raw_records(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-def test_image_file_reader_decodes_and_resizes(tmp_path):
+def test_image_files_stream_through_the_one_image_file_reader(tmp_path):
+    # streaming has no image reader of its own: flow_from_directory's plugs in
     from PIL import Image
 
+    from jaxscale.data.image_files import ImageFileReader
+
     rng = np.random.default_rng(0)
-    paths, originals = [], []
-    for i, size in enumerate([(12, 10), (8, 8), (20, 16)]):  # (height, width)
-        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        path = tmp_path / f"img{i}.{'png' if i % 2 else 'jpg'}"
-        Image.fromarray(pixels).save(path)
+    paths = []
+    for i, size in enumerate([(12, 10), (8, 8), (20, 16), (8, 8), (9, 7)]):  # (height, width)
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
         paths.append(path)
-        originals.append(pixels)
-    files = streaming.ImageFileReader(paths, [2, 0, 1], image_shape=(8, 8, 3))
-    images, labels = files.read(np.array([1, 2, 1]))
-    assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8
-    np.testing.assert_array_equal(labels, [0, 1, 0])
-    np.testing.assert_array_equal(images[0], originals[1])  # PNG of the target size: exact
-    np.testing.assert_array_equal(images[1], streaming.decode_image(paths[2], (8, 8, 3)))
-    gray = streaming.ImageFileReader(paths, [0, 0, 0], image_shape=(4, 4, 1))
-    assert gray.read(np.array([0]))[0].shape == (1, 4, 4, 1)
-    paths[0].write_bytes(b"not an image")
-    with pytest.raises(DatasetFileError, match="img0.jpg: cannot decode"):
-        files.read(np.array([0]))
+    files = ImageFileReader(paths, [2, 0, 1, 0, 1], target_size=(8, 8), workers=1)
+    assert not hasattr(streaming, "ImageFileReader")
+    got = host(streaming.stream(files, 2, seed=3, drop_remainder=False))
+    rows, _ = epoch_batches(epoch_order(3, 0, 5), 2)
+    for batch, step_rows in zip(got, rows):
+        images, labels = files.read(step_rows)
+        np.testing.assert_array_equal(batch[0], images)
+        np.testing.assert_array_equal(batch[1], labels)
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -392,7 +390,7 @@ def test_stream_statistics_equal_the_arrays_statistics(data, reader):
     np.testing.assert_allclose(fitted.mean, mean64, rtol=rtol)
     np.testing.assert_allclose(fitted.std ** 2, var64, rtol=2 * rtol)
     # the multi-host fit takes the stream as it is (each host its part, merged exactly)
-    from jaxscale.distributed import global_scaling_params
+    from jaxscale.training.distributed import global_scaling_params
     hosts = global_scaling_params(config, streaming.image_batches(reader, 29))
     np.testing.assert_array_equal(hosts.mean, fitted.mean)
     np.testing.assert_array_equal(hosts.std, fitted.std)
