@@ -734,7 +734,13 @@ SHARD_BYTES = 1 << 30  # about 1 GiB of images per record file
 
 
 def _split_folder(split: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.%-]+", "_", split).strip("_") or "split"
+    """A folder name for a tfds split: itself when it is a plain name, else a readable form
+    plus a digest of the exact string ("train[:640]" and "train[640:]" differ)."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", split):
+        return split
+    import hashlib
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_") or "split"
+    return f"{readable}-{hashlib.sha256(split.encode()).hexdigest()[:10]}"
 
 
 def tfds_records(name: str, split: str = "train", *, data_dir: str | Path | None = None,
