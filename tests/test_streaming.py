@@ -101,6 +101,37 @@ def test_worker_processes_and_threads_do_not_change_the_batches(data, record_fil
         assert_same_batches(host(batches), expected)
 
 
+def test_grain_source_reads_the_thread_sources_chunks_with_one_iterator(data, record_files):
+    # the calls a training run makes: whole epochs with checkpoint breaks, one cut short
+    # (max_steps), a jump (resume), unshuffled evaluations; then an abandoned epoch
+    records = streaming.RecordReader(record_files)
+    calls = [dict(epoch=0, steps_per_call=5, breaks=(4,)), dict(epoch=1, steps_per_call=3),
+             dict(epoch=2, stop=7), dict(epoch=4, start=9, steps_per_call=2),
+             dict(epoch=5), dict(epoch=0, shuffle=False, drop_remainder=False),
+             dict(epoch=0, shuffle=False, drop_remainder=False, steps_per_call=4)]
+    threads = HostSource(records, options=streaming.StreamOptions(loader="threads"))
+    grain_source = streaming.GrainSource(records)
+    order = streaming.StreamConfig(203, 16, seed=6, shuffle=True, drop_remainder=True)
+    restarts = []
+    for call in calls:
+        kwargs = dict(dict(drop_remainder=True), **call)
+        epoch = kwargs.pop("epoch")
+        expected = host(threads.epoch(6, epoch, 16, **kwargs))
+        got = host(grain_source.epoch(6, epoch, 16, **kwargs))
+        assert [c[2].shape for c in got] == [c[2].shape for c in expected]
+        assert_same_batches(got, expected)
+        restarts.append(grain_source.stream_for(order)._inner)
+    # the training stream ran on through epochs 0, 1, 2 and 4, 5 without a restart; it moved
+    # once, for the jump after the cut
+    assert restarts[0] is restarts[1] is restarts[2] and restarts[3] is restarts[4]
+    assert restarts[2] is not restarts[3]
+    abandoned = grain_source.epoch(6, 7, 16, drop_remainder=True)
+    next(abandoned)  # its read-ahead is still pulling when the next epoch starts
+    assert_same_batches(host(grain_source.epoch(6, 7, 16, drop_remainder=True)),
+                        host(threads.epoch(6, 7, 16, drop_remainder=True)))
+    grain_source.close()
+
+
 # --- processes -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("process_count", [2, 4])

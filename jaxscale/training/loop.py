@@ -546,6 +546,11 @@ def _train(run: _Run, *, checkpoint_dir, checkpoint_every, resume, allow_changes
             if bar is not None:
                 bar.write(epoch_line(record))
         save(state, None if step % run.steps_per_epoch == 0 else sums)
+        if checkpoint_dir is not None and jax.process_count() > 1:
+            # Process 0 alone writes; the others return once it is on disk, so a resume that
+            # follows (in this job) finds it complete on every process, not one step behind.
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("jaxscale train: checkpoint written")
     finally:
         if bar is not None:
             bar.close()
