@@ -370,6 +370,31 @@ def test_tfds_data_source_streams_and_converts_to_raw_records(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+def test_tfds_records_are_written_once_in_load_datasets_order(tmp_path, monkeypatch):
+    # (tfds' mock data has no split metadata: the examples are counted before writing)
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from jaxscale.data import datasets
+
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path))
+    with tfds.testing.mock_data(num_examples=24):
+        first = streaming.tfds_records("cifar10", "train")
+        stamps = [p.stat().st_mtime_ns for p in first.paths]
+        again = streaming.tfds_records("cifar10", "train")
+        expected = load_dataset("cifar10", "train", source="tfds")
+    assert again.paths == first.paths and [p.stat().st_mtime_ns for p in again.paths] == stamps
+    assert (len(again), again.image_shape, again.num_classes) == (24, (32, 32, 3), 10)
+    assert (again.name, again.split) == ("cifar10", "train")
+    images, labels = again.read(np.arange(24))
+    np.testing.assert_array_equal(images, expected.images)
+    np.testing.assert_array_equal(labels, expected.labels)
+    with open(again.paths[0], "r+b") as handle:  # damaged in the cache: named, with the fix
+        handle.truncate(again.paths[0].stat().st_size - 100)
+    with tfds.testing.mock_data(num_examples=24):
+        with pytest.raises(streaming.RecordFileError,
+                           match=f"{again.paths[0].name}.*delete .* written again"):
+            streaming.tfds_records("cifar10", "train")
+
+
 def test_image_files_stream_through_the_one_image_file_reader(tmp_path):
     # streaming has no image reader of its own: flow_from_directory's plugs in
     from PIL import Image

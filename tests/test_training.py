@@ -271,3 +271,35 @@ def test_old_module_paths_still_work_and_warn():
         assert training.auto_parallel(1) in ("none", "mesh")
     with pytest.warns(DeprecationWarning, match="benchmarks"):
         assert training.count_compiles is count_compiles
+
+
+def test_the_scaling_fit_reads_blocks_the_same_from_arrays_and_readers(data, monkeypatch,
+                                                                        capsys):
+    # fixed blocks (here 4 of 56 images and one of 32), one read each, with a progress bar;
+    # an array and a reader of it are cut and merged alike, so they fit the same bits
+    from jaxscale.data.pipeline import ArrayReader
+    import jaxscale.training.loop as loop
+
+    monkeypatch.setattr(loop, "FIT_BLOCK_BYTES", 56 * 28 * 28)
+    reads = []
+
+    class Counting(ArrayReader):
+        def read(self, rows):
+            reads.append(len(rows))
+            return super().read(rows)
+
+    config = scaling_config("standardize")
+    from_reader = loop.fit_training_scaling(config, Counting(data.images, data.labels),
+                                            progress=True)
+    assert reads == [56, 56, 56, 56, 32] and "fit scaling" in capsys.readouterr().err
+    from_arrays = loop.fit_training_scaling(config, data)
+    for name in ("mean", "std"):
+        np.testing.assert_array_equal(getattr(from_reader, name), getattr(from_arrays, name))
+    # and they are the data's statistics: each image's moments are float32 sums of its
+    # 28 * 28 values (error <= (784 - 1) u of a sum of non-negative terms), and the merges of
+    # images and blocks are compensated (hi + lo), adding a few roundings more
+    rtol = (28 * 28 + 4) * 2.0 ** -24
+    images = data.images.astype(np.float64)
+    np.testing.assert_allclose(from_reader.mean, images.mean(axis=(0, 1, 2)), rtol=rtol)
+    np.testing.assert_allclose(np.asarray(from_reader.std, np.float64) ** 2,
+                               images.var(axis=(0, 1, 2)), rtol=2 * rtol)
