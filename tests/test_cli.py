@@ -71,11 +71,16 @@ def _numbers(summary):
 def test_streaming_a_tfds_dataset_from_raw_records_trains_the_same(mnist_dir, tmp_path,
                                                                    monkeypatch, capsys,
                                                                    resident_run):
+    # --input auto on a device too small for the images (640 x 784 bytes): it streams
     streaming = pytest.importorskip("jaxscale.data.streaming")
+    import jaxscale.training.loop as loop
     monkeypatch.setattr(streaming, "RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setattr(loop, "_device_memory", lambda device: 640 * 784)
     out = tmp_path / "streamed"
-    assert cli.main(_smoke(mnist_dir, out, "--input", "streaming")) == 0
-    assert "input: streaming (grain, 0 workers, 2 threads)" in capsys.readouterr().err
+    assert cli.main(_smoke(mnist_dir, out, "--input", "auto")) == 0
+    err = capsys.readouterr().err
+    assert "input: streaming (0.00 GB of images > 50% of the device's 0.0 GB)" in err
+    assert "input: streaming (grain, 0 workers, 2 threads), 640 examples" in err
     written = sorted(p.name for p in (tmp_path / "records").rglob("*.array_record"))
     assert len(written) == 2  # the training and the test split, one file each
     summary = json.loads((out / "summary.json").read_text())

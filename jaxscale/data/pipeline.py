@@ -383,9 +383,8 @@ class ResidentSource:
         (rows int32[k, B], mask bool[k, B]) placed with the batch axis split over the
         devices."""
         self.placement.check_batch(batch_size)
-        rows, mask = epoch_batches(epoch_order(seed, epoch, self.num_examples,
-                                               shuffle=shuffle), batch_size,
-                                   drop_remainder=drop_remainder)
+        rows, mask = ReadOrder(self.num_examples, batch_size, seed, shuffle,
+                               drop_remainder).batches(epoch)
         for first, last in chunk_spans(rows.shape[0], start=start, stop=stop,
                                        steps_per_call=steps_per_call, breaks=breaks):
             yield self.placement.split_rows((rows[first:last], mask[first:last]))

@@ -57,8 +57,7 @@ import numpy as np
 
 from jaxscale.data.datasets import DatasetFileError, cache_dir, file_lock, tfds_builder
 from jaxscale.data.pipeline import (Batch, HostSource, Reader, ReadOrder, StreamOptions,
-                                    as_reader, chunk_spans, epoch_batches, epoch_order,
-                                    read_rows)
+                                    as_reader, chunk_spans, epoch_batches, read_rows)
 from jaxscale.data.sharding import process_rows
 
 try:
@@ -70,7 +69,7 @@ except ImportError as err:  # grain needs Python >= 3.11
 # The first release's names of the order and the options (they moved to the data path).
 StreamConfig = ReadOrder
 __all__ = ["DeviceIterator", "GrainSource", "RecordFileError", "RecordReader", "StreamConfig",
-           "StreamIterator", "StreamOptions", "epoch_order", "image_batches", "reader_stats",
+           "StreamIterator", "StreamOptions", "image_batches", "reader_stats",
            "record_paths", "stream", "tfds_records", "write_record_batches", "write_records"]
 
 
