@@ -11,6 +11,13 @@ Issue 18's bars, at batch 256; a batch counts when its arrays are on the device
 - mnist/tfds-png: tfds' own ArrayRecord files (PNG in every record, `RecordSource`) through
   the data path's thread-backed `HostSource` and through the Grain stream with 2 worker
   processes (PNG decoding holds the GIL).
+- train/*: the BN CNN (standardize, no augmentation, batch 256) trained by
+  `jaxscale.training.train` on MNIST resident on the device, and streamed from the raw
+  records on disk through `GrainSource`, each in a fresh child process (so its peak RSS is
+  its own: the streamed one never holds the dataset). Timed on the second epoch (the first
+  compiles); bar: the streamed epoch within 5 % of the resident one, and the same numbers
+  (parameters and metrics bit for bit: without augmentation the two programs do the same
+  arithmetic on the same batches).
 
 Beside the records: the same Grain stream over a `.npy` file mapped with `np.memmap`
 (`ArrayReader`; no per-record framing, hash or syscall: what ArrayRecord's per-record cost
@@ -24,15 +31,20 @@ process tree while streaming and its growth over the moment before the stream st
 record files are never held in memory, so the growth stays at a few batches plus, for worker
 processes, their own interpreters).
 
-Run: `nice -n 10 python -m benchmarks.bench_streaming [--quick] [--json PATH]`. On a host
-shared with other jobs the spread says how far to trust a row.
+Run: `nice -n 10 python -m benchmarks.bench_streaming [--quick] [--json PATH]`; `make bench`
+runs it as its `streaming` section. On a host shared with other jobs the spread says how far
+to trust a row.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,11 +55,13 @@ import numpy as np
 
 from benchmarks.timing import Timing
 from jaxscale.data import streaming
-from jaxscale.data.pipeline import ArrayReader
+from jaxscale.data.image_files import ImageFileReader
+from jaxscale.data.pipeline import ArrayReader, epoch_order
 
 BATCH_SIZE = 256
 SEED = 0
 BARS = {"mnist/records": 150_000, "cifar/records": 80_000}
+TRAIN_SLOWDOWN_BAR = 1.05  # streamed epoch seconds / resident epoch seconds
 JPEG_SIZE, JPEG_TARGET = 256, (224, 224, 3)
 
 
@@ -143,7 +157,7 @@ def stream_rows(reader, name: str, data: str, option_sets, *, steps: int, repeat
     rows = []
     per_epoch = len(reader) // BATCH_SIZE
     epochs = -(-(warmup + steps * repeats) // per_epoch)
-    streaming.epoch_order(SEED, 0, len(reader))  # compiled once, outside startup and RSS
+    epoch_order(SEED, 0, len(reader))  # compiled once, outside startup and RSS
     for options in option_sets:
         rows.append(time_batches(_stream(reader, options, epochs),
                                  name=f"{name} ({_describe(options)})", data=data,
@@ -277,14 +291,15 @@ def jpeg_rows(folder: Path, *, count: int, repeats: int, peers: bool = True) -> 
     """Our ImageFileReader stream beside a Pillow loop and tf.data on the same JPEG files."""
     paths = write_jpegs(folder / "jpeg", count)
     labels = (np.arange(count) % 10).astype(np.int32)
-    reader = streaming.ImageFileReader(paths, labels, image_shape=JPEG_TARGET, num_classes=10)
+    reader = ImageFileReader(paths, labels, target_size=JPEG_TARGET[:2],
+                             interpolation="bilinear", num_classes=10)
     data = f"{count} synthetic {JPEG_SIZE}x{JPEG_SIZE} JPEG files -> {JPEG_TARGET}"
     steps = max(1, count // BATCH_SIZE // 2)
     rows = stream_rows(reader, "jpeg/grain", data,
                        (streaming.StreamOptions(worker_count=0, read_threads=2),
                         streaming.StreamOptions(worker_count=2, read_threads=1)),
                        steps=steps, repeats=repeats, warmup=2)
-    order = streaming.epoch_order(SEED, 0, count)
+    order = epoch_order(SEED, 0, count)
     common = dict(data=data, num_examples=count, steps=steps, repeats=repeats, warmup=2)
     if peers:
         rows.append(time_batches(_pillow_loop(paths, labels, order), name="jpeg/pillow-loop",
@@ -332,15 +347,86 @@ def tfds_png_rows(*, repeats: int) -> list[dict]:
     return rows
 
 
-CASES = ("mnist", "cifar", "jpeg", "tfds")
+def _digest(state) -> str:
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(state):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()
+
+
+def train_child(input: str, records: str, *, epochs: int, batch_size: int) -> dict:
+    """One training run in this (fresh) process: `input` "resident" (the records read into
+    host memory, then onto the device) or "streaming" (the records through GrainSource).
+    Returns its per-epoch seconds, numbers, a digest of the final state and its peak RSS."""
+    from jaxscale.data.datasets import Dataset
+    from jaxscale.training.config import TrainConfig
+    from jaxscale.training.loop import train
+
+    reader = streaming.RecordReader(records)
+    data = reader
+    if input == "resident":
+        images, labels = reader.read(np.arange(len(reader)))
+        data = Dataset(images, labels, "records", "train", reader.num_classes)
+    config = TrainConfig(model="bn_cnn", scaling="standardize", epochs=epochs,
+                         batch_size=batch_size, seed=SEED)
+    start = time.perf_counter()
+    result = train(config, data, input=input)
+    total = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(
+        resource.RUSAGE_CHILDREN).ru_maxrss
+    return dict(input=result.input, total_s=total, digest=_digest(result.state),
+                epoch_seconds=[h["seconds"] for h in result.history],
+                numbers=[[h["train_loss"], h["train_accuracy"]] for h in result.history],
+                peak_rss_mb=peak_kb / 1024, steps=int(result.state.step))
+
+
+def train_rows(images: np.ndarray, labels: np.ndarray, data: str, folder: Path, *,
+               epochs: int = 2, batch_size: int = BATCH_SIZE) -> list[dict]:
+    """The BN CNN trained resident vs streamed from raw records on disk, each in a child
+    process (`train_child`); the streamed row carries the slowdown and whether the runs
+    agree bit for bit."""
+    stem = folder / "train-records"
+    streaming.write_records(stem, (images, labels), num_shards=4, batch_size=8192)
+    pattern = f"{stem}-*.array_record"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    runs = {}
+    for input in ("resident", "streaming"):
+        out = folder / f"train-{input}.json"
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_streaming", "--train-child",
+                        input, "--records", pattern, "--epochs", str(epochs),
+                        "--batch-size", str(batch_size), "--json", str(out)],
+                       check=True, env=env, cwd=Path(__file__).resolve().parents[1])
+        runs[input] = json.loads(out.read_text())
+    steps = len(images) // batch_size
+    rows = []
+    resident_s = runs["resident"]["epoch_seconds"][-1]
+    for input, run in runs.items():
+        seconds = run["epoch_seconds"][-1]  # the last epoch: compiled before it
+        row = dict(bench="streaming", name=f"train/{input}", data=data,
+                   options="bn_cnn standardize, no augmentation",
+                   num_examples=len(images), batch_size=batch_size, steps=steps,
+                   epoch_seconds=run["epoch_seconds"], images_per_s=steps * batch_size / seconds,
+                   spread=None, total_s=run["total_s"], peak_rss_mb=run["peak_rss_mb"],
+                   device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}")
+        if input == "streaming":
+            row.update(slowdown=seconds / resident_s, bar_slowdown=TRAIN_SLOWDOWN_BAR,
+                       same_numbers=(run["digest"] == runs["resident"]["digest"]
+                                     and run["numbers"] == runs["resident"]["numbers"]))
+        rows.append(row)
+    return rows
+
+
+CASES = ("mnist", "cifar", "jpeg", "tfds", "train")
 
 
 def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given", repeats: int = 5,
         quick: bool = False, folder: Path | None = None, peers: bool = True,
-        cases: tuple[str, ...] = CASES) -> list[dict]:
+        cases: tuple[str, ...] = CASES, train_examples: int | None = None) -> list[dict]:
     """Rows of `cases`: MNIST-shaped `images` (uint8[N, 28, 28, 1]) and `labels` as
     records ("mnist"), CIFAR-shaped synthetic records ("cifar"), JPEG files with their peers
-    ("jpeg"), tfds' PNG records ("tfds").
+    ("jpeg"), tfds' PNG records ("tfds"), and the BN CNN trained resident vs streamed from
+    records ("train", on the first `train_examples` images).
 
     Files go to `folder` (default a temporary folder, removed afterwards)."""
     from jaxscale.data.datasets import synthetic_dataset
@@ -365,6 +451,10 @@ def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given", repeat
                               repeats=max(2, repeats - 2), peers=peers)
         if "tfds" in cases:
             rows += tfds_png_rows(repeats=max(2, repeats - 2))
+        if "train" in cases:
+            count = min(len(images), train_examples or (10240 if quick else len(images)))
+            rows += train_rows(images[:count], labels[:count],
+                               f"{source}, first {count} images", tmp)
     return rows
 
 
@@ -374,6 +464,14 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         if r.get("status") == "n/a":
             lines.append(f"{r['name']:<52}{'n/a':>11}  {r['why']}")
+            continue
+        if r["name"].startswith("train/"):
+            verdict = "" if "slowdown" not in r else (
+                f"x{r['slowdown']:.3f} of resident, bar {r['bar_slowdown']} "
+                f"{'met' if r['slowdown'] <= r['bar_slowdown'] else 'MISSED'}; numbers "
+                f"{'bit-identical' if r['same_numbers'] else 'DIFFER'}")
+            lines.append(f"{r['name']:<52}{r['images_per_s']:>11,.0f}{'-':>8}{'-':>11}"
+                         f"{'-':>9}{r['peak_rss_mb']:>8.0f}{'-':>7}  {verdict}")
             continue
         bar = r.get("bar")
         verdict = "" if not bar else (
@@ -398,7 +496,17 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--no-peers", action="store_true", help="skip Pillow and tf.data")
     parser.add_argument("--cases", default=",".join(CASES),
                         help="comma-separated subset of %(default)s")
+    parser.add_argument("--train-child", choices=("resident", "streaming"), default=None,
+                        help=argparse.SUPPRESS)  # one run of train_rows, in a fresh process
+    parser.add_argument("--records", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.train_child:
+        result = train_child(args.train_child, args.records, epochs=args.epochs,
+                             batch_size=args.batch_size)
+        args.json.write_text(json.dumps(result))
+        return [result]
     repeats = args.repeats or (2 if args.quick else 5)
     data = bench_data.load_bench_data(num_examples=10240 if args.quick else 60000)
     meta = dict(load_average=os.getloadavg(), cores=_cores(), quick=args.quick,

@@ -6,8 +6,10 @@ Sections (each a module of this package): stats (dataset statistics vs NumPy / K
 scaling (scaling alone vs Keras `flow`, GB/s against the measured copy roofline), flow (the
 public `flow` / `flow_from_directory` at batch 64 vs Keras', with issue 15's bars), train (the
 BN CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs
-Keras' `flow`, and its share of the train step) and pipeline (device-resident vs streaming
-input). A section that fails is reported as n/a with why, and the others still run.
+Keras' `flow`, and its share of the train step), pipeline (device-resident vs streaming
+input) and streaming (issue 18: images/s delivered to the device from record files, JPEG
+decoding beside Pillow and tf.data, and a training run streamed from disk vs resident, with
+peak RSS). A section that fails is reported as n/a with why, and the others still run.
 
 Writes `<out>/bench-<hardware>.json` (`bench-cpu.json`, `bench-h100.json`, ...: device,
 versions, commit, every repeat) and its chart `<out>/bench-<hardware>.png`, and prints a table.
@@ -32,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks.sizes import settings  # noqa: E402
 
-SECTIONS = ("stats", "scaling", "flow", "train", "augment", "pipeline")
+SECTIONS = ("stats", "scaling", "flow", "train", "augment", "pipeline", "streaming")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -85,6 +87,9 @@ def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:
         from benchmarks import bench_pipeline
         return bench_pipeline.run(data.images, data.labels, source=data.source,
                                   records=data.is_real, **sizes)
+    if section == "streaming":
+        from benchmarks import bench_streaming
+        return bench_streaming.run(data.images, data.labels, source=data.source, **sizes)
     raise ValueError(f"unknown section {section!r}; known: {SECTIONS}")
 
 
@@ -155,6 +160,10 @@ def main(argv=None) -> dict:
     chart = report.write_chart(args.out / f"{name}.png", rows, source=json_path,
                                title=report.chart_title("make bench", meta))
     print(report.format_table(rows))
+    streamed = [r for r in rows if r.get("bench") == "streaming"]
+    if streamed:  # its bars, CPU cost and memory do not fit the common table
+        from benchmarks import bench_streaming
+        print("\nstreaming (issue 18 bars):\n" + bench_streaming.format_table(streamed))
     print(f"\n{meta['total_seconds']:.0f} s; wrote {json_path}"
           + (f" and {chart}" if chart else
              " (no chart: no rates, or matplotlib, an optional extra, is missing)"), flush=True)

@@ -12,6 +12,7 @@ def settings(quick: bool) -> dict:
                 "augment": {"buffers": 2, "repeats": 3, "flow_batches": 3, "keras_batches": 2,
                             "fused_batch_sizes": (64,), "fused_rounds": 3},
                 "pipeline": {"repeats": 2},
+                "streaming": {"repeats": 2, "quick": True, "train_examples": 2560},
                 "flow": {"repeats": 3, "batches": 64, "keras_batches": 2, "files": 2000,
                          "file_batches": 16, "keras_file_batches": 2}}
     return {"stats": {"repeats": 5},
@@ -20,5 +21,6 @@ def settings(quick: bool) -> dict:
             "augment": {"buffers": 8, "repeats": 5, "flow_batches": 12, "keras_batches": 6,
                         "fused_batch_sizes": (64, 512), "fused_rounds": 10},
             "pipeline": {"repeats": 5},
+            "streaming": {"repeats": 3, "train_examples": 10240},
             "flow": {"repeats": 5, "batches": 320, "keras_batches": 8, "files": 10000,
                      "file_batches": 40, "keras_file_batches": 8}}

@@ -4,14 +4,19 @@
 #
 #   scripts/tpu_run.sh [--dry-run] [--keep] NAME ZONE ACCELERATOR_TYPE COMMAND...
 #   scripts/tpu_run.sh my-tpu us-central2-b v4-16 make bench
+#   scripts/tpu_run.sh my-tpu us-central2-b v4-16 .venv/bin/jaxscale train --input streaming \
+#       --dataset cifar10 --batch-size 1024 --output-dir runs/cifar10-streaming
 #
+# The training example streams: every worker writes the dataset's raw uint8 records into its
+# own cache once (~/.cache/jaxscale/tfds/raw_records, or $JAXSCALE_CACHE_DIR set in COMMAND)
+# and reads only its rows of every global batch; worker 0 writes the checkpoints.
 # --dry-run prints every command (shell-quoted) and runs none; --keep leaves the VM up.
 # The project is gcloud's default (gcloud config set project ID, or CLOUDSDK_CORE_PROJECT).
 # TPU_RUNTIME_VERSION overrides the TPU software version chosen from the accelerator type.
 set -euo pipefail
 
 usage() {
-    sed -n '5,6p' "$0" | sed 's/^# *//'
+    sed -n '5,8p' "$0" | sed 's/^# *//'
 }
 
 dry_run=0

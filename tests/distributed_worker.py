@@ -12,6 +12,10 @@ Modes:
         global batches read by one process.
   train: jaxscale.training.train (the CLI's loop), parallel="mesh", every process given the
         whole dataset (--input resident or streaming).
+  stream: train() streaming raw records through Grain, 2 epochs: once straight through, once
+        killed mid-epoch (max_steps) and resumed from its checkpoint with another chunk size.
+        Writes the fitted scaling, the straight run's loss curve (process 0's metrics) and a
+        digest of the final parameters of both runs.
   die:  joins the job and computes statistics; then process 1 kills itself with SIGKILL while
         the others keep running collectives. A survivor must fail, not hang (DIR/<id>.json
         records "hung" if it ever finishes).
@@ -76,6 +80,7 @@ def _train_float64(dataset, scaling, scaling_params):
     """STEPS SGD steps with float64 parameters and BatchNorm statistics; (losses, state)."""
     from jaxscale.data.pipeline import HostSource
     from jaxscale.training.config import TrainConfig, make_optimizer
+    from jaxscale.training.loop import make_source
     from jaxscale.training.runners import make_runner
     from jaxscale.training.steps import create_train_state
 
@@ -85,7 +90,8 @@ def _train_float64(dataset, scaling, scaling_params):
     tx = make_optimizer(config, STEPS)
     runner = make_runner("mesh", config, tx, scaling, scaling_params, devices=jax.devices(),
                          train_take=HostSource.take)
-    source = HostSource(dataset, placement=runner.placement)
+    # the trainer's streaming source: Grain when it is installed, else the read-ahead threads
+    source = make_source(dataset, "streaming", runner.placement)
     state = create_train_state(runner.model, tx, IMAGE_SHAPE, jax.random.PRNGKey(config.seed))
 
     def wide(tree):
@@ -100,6 +106,7 @@ def _train_float64(dataset, scaling, scaling_params):
                               stop=STEPS):
         state, sums = runner.train(state, runner.train_sums(), source.data, chunk, key)
         losses.append(float(np.asarray(sums["loss"].addressable_data(0))))
+    source.close()
     return losses, runner.get_state(state)
 
 
@@ -125,6 +132,48 @@ def run_train(args) -> dict:
                                for leaf in leaves]}
 
 
+def _digest(state) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state)):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()
+
+
+def run_stream(args) -> dict:
+    """Streams records through Grain in train(); see the module docstring."""
+    from jaxscale.data.streaming import RecordReader, write_records
+    from jaxscale.training import train
+    from jaxscale.training.config import TrainConfig
+
+    dataset = synthetic_dataset(NUM_EXAMPLES, IMAGE_SHAPE, seed=1)
+    # every process reads the same files (here each writes its own copy of them)
+    folder = args.out / f"records-{args.process_id}"
+    reader = RecordReader(write_records(folder / "train", dataset, num_shards=2))
+    test = RecordReader(write_records(folder / "test", dataset.take(slice(0, 32))))
+    config = TrainConfig(model="bn_cnn", scaling="standardize", batch_size=GLOBAL_BATCH,
+                         eval_batch_size=GLOBAL_BATCH, epochs=2, parallel="mesh")
+    metrics = args.out / "metrics.jsonl"
+    straight = train(config, reader, test, input="streaming", metrics_path=metrics,
+                     log_every=1)
+    ckpt = args.out / "checkpoints"
+    train(config, reader, test, input="streaming", checkpoint_dir=ckpt, max_steps=4)
+    resumed = train(config.replace(steps_per_call=4), reader, test, input="streaming",
+                    checkpoint_dir=ckpt, resume=True)
+    curve = None
+    if jax.process_index() == 0:
+        curve = [json.loads(line) for line in metrics.read_text().splitlines()]
+        curve = [(r["step"], r["train_loss"]) for r in curve if r["kind"] == "step"]
+    mean, std = straight.scaling[1].mean, straight.scaling[1].std
+    return {"process_index": jax.process_index(), "device_count": jax.device_count(),
+            "input": straight.input, "steps": int(resumed.state.step),
+            "scaling": [np.asarray(mean).tolist(), np.asarray(std).tolist()],
+            "scaling_bits": [np.asarray(x, np.float32).tobytes().hex() for x in (mean, std)],
+            "curve": curve, "test_loss": [h["test_loss"] for h in straight.history],
+            "straight": _digest(straight.state), "resumed": _digest(resumed.state)}
+
+
 def run_die(args) -> dict:
     from jax.experimental import multihost_utils
 
@@ -146,7 +195,7 @@ def run_die(args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("job", "train", "die"), default="job")
+    parser.add_argument("--mode", choices=("job", "train", "stream", "die"), default="job")
     parser.add_argument("--coordinator", default=None)
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
@@ -163,7 +212,8 @@ def main(argv=None) -> int:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                heartbeat_timeout_seconds=args.heartbeat,
                                initialization_timeout=60)
-    result = {"job": run_job, "train": run_train, "die": run_die}[args.mode](args)
+    result = {"job": run_job, "train": run_train, "stream": run_stream,
+              "die": run_die}[args.mode](args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.process_id}.json").write_text(json.dumps(result))
     return 0

@@ -37,23 +37,80 @@ def test_stats_matches_numpy(mnist_dir, capsys):
     np.testing.assert_allclose(out["std"], [images.std()], rtol=1e-4)
 
 
-def test_train_smoke_writes_metrics_summary_and_checkpoint(mnist_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    status = cli.main(["train", "--data-dir", str(mnist_dir), "--model", "small_cnn",
-                       "--scaling", "normalize", "--train-split", "train[:640]",
-                       "--test-split", "test[:200]", "--eval-batch-size", "200",
-                       "--epochs", "2", "--batch-size", "64", "--devices", "1",
-                       "--output-dir", str(out), "--no-progress", "--log-every", "5"])
-    assert status == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 20
+def _smoke(mnist_dir, out, *extra):
+    return ["train", "--data-dir", str(mnist_dir), "--model", "small_cnn",
+            "--scaling", "normalize", "--train-split", "train[:640]",
+            "--test-split", "test[:200]", "--eval-batch-size", "200",
+            "--epochs", "2", "--batch-size", "64", "--devices", "1",
+            "--output-dir", str(out), "--no-progress", "--log-every", "5", *extra]
+
+
+@pytest.fixture(scope="module")
+def resident_run(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("resident")
+    assert cli.main(_smoke(mnist_dir, out)) == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_train_smoke_writes_metrics_summary_and_checkpoint(resident_run):
+    out, summary = resident_run
+    assert summary["steps"] == 20 and summary["input"] == "resident"
     assert summary["final"]["test_accuracy"] > 0.5
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["kind"] == "epoch"] == [10, 20]
     import jaxscale.training.checkpoint as checkpoint
     assert (out / "checkpoints" / f"step_00000020.{checkpoint.FORMAT}").exists()
     assert (out / "checkpoints" / "scaling.npz").exists()
-    assert "test_accuracy" in capsys.readouterr().out
+
+
+def _numbers(summary):
+    return [{k: h[k] for k in ("step", "train_loss", "train_accuracy", "test_loss",
+                               "test_accuracy")} for h in summary["history"]]
+
+
+def test_streaming_a_tfds_dataset_from_raw_records_trains_the_same(mnist_dir, tmp_path,
+                                                                   monkeypatch, capsys,
+                                                                   resident_run):
+    # --input auto on a device too small for the images (640 x 784 bytes): it streams
+    streaming = pytest.importorskip("jaxscale.data.streaming")
+    import jaxscale.training.loop as loop
+    monkeypatch.setattr(streaming, "RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setattr(loop, "_device_memory", lambda device: 640 * 784)
+    out = tmp_path / "streamed"
+    assert cli.main(_smoke(mnist_dir, out, "--input", "auto")) == 0
+    err = capsys.readouterr().err
+    assert "input: streaming (0.00 GB of images > 50% of the device's 0.0 GB)" in err
+    assert "input: streaming (grain, 0 workers, 2 threads), 640 examples" in err
+    written = sorted(p.name for p in (tmp_path / "records").rglob("*.array_record"))
+    assert len(written) == 2  # the training and the test split, one file each
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["input"] == "streaming"
+    # the same batches, and no arithmetic differs: the same numbers, bit for bit
+    assert _numbers(summary) == _numbers(resident_run[1])
+
+
+def test_train_on_an_image_folder_streams_its_files_as_resident_would(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("cats", "dogs")):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(10):  # 14x11 files, resized to 12x12; classes differ in brightness
+            pixels = rng.integers(0, 128, (14, 11, 3)) + 100 * label
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "photos" / name / f"{i}.png")
+    common = ["train", "--image-folder", str(tmp_path / "photos"), "--image-size", "12", "12",
+              "--validation-split", "0.2", "--model", "small_cnn", "--scaling", "standardize",
+              "--batch-size", "4", "--eval-batch-size", "4", "--epochs", "2", "--devices", "1",
+              "--no-progress", "--no-checkpoint"]
+    runs = {}
+    for input in ("auto", "resident"):
+        assert cli.main(common + ["--input", input, "--output-dir",
+                                  str(tmp_path / input)]) == 0
+        runs[input] = json.loads((tmp_path / input / "summary.json").read_text())
+    assert "photos training (16, 12, 12, 3)" in capsys.readouterr().out
+    assert runs["auto"]["input"] == "streaming" and runs["resident"]["input"] == "resident"
+    assert runs["auto"]["steps"] == 2 * 16 // 4
+    assert _numbers(runs["auto"]) == _numbers(runs["resident"])
 
 
 @pytest.mark.parametrize("joins", [False, True])

@@ -313,6 +313,39 @@ def test_training_loop_across_processes_keeps_hosts_identical(tmp_path, input):
     assert int(restored.step) == 3 and meta["config"]["model"] == "bn_cnn"
 
 
+@pytest.mark.slow
+def test_streaming_across_processes_is_the_single_process_run_resumed_or_not(tmp_path):
+    """train() streaming records through Grain as 2 processes x 1 device, against 1 process
+    x 2 devices, each run straight and killed mid-epoch + resumed.
+
+    The two jobs run the same partitioned program over a mesh of 2 devices; they differ only
+    in how the cross-device reductions (gradient all-reduce, BatchNorm's batch moments, the
+    loss and metric means) are carried out: in-process, or by gloo across processes. With two
+    devices each such reduction adds exactly two partial results, and IEEE addition is
+    commutative (a + b == b + a, bit for bit), so whichever order either runtime uses, the
+    sums are the same bits. The statistics are fitted on fixed blocks merged in row order
+    (`merge_blocks_in_order`). So the tolerance the arithmetic allows is zero: loss curve,
+    test losses, fitted statistics and final parameters must be equal exactly.
+    """
+    for name in ("multi", "single"):
+        (tmp_path / name).mkdir()
+    multi = _launch(tmp_path / "multi", "stream", 2, 1)
+    single = _launch(tmp_path / "single", "stream", 1, 2)
+    _finish(*multi, timeout=900)
+    _finish(*single, timeout=900)
+    read = lambda d, i: json.loads((tmp_path / d / "out" / f"{i}.json").read_text())  # noqa
+    one, hosts = read("single", 0), [read("multi", 0), read("multi", 1)]
+    assert one["device_count"] == hosts[0]["device_count"] == 2
+    assert one["input"] == "streaming" and one["steps"] == 12
+    assert len(one["curve"]) == 12 and one["curve"][-1][1] < one["curve"][0][1]
+    assert hosts[0]["curve"] == one["curve"] and hosts[1]["curve"] is None  # 0 writes
+    for result in hosts:
+        assert result["scaling_bits"] == one["scaling_bits"]
+        assert result["test_loss"] == one["test_loss"]
+        # resumed mid-epoch == straight, on every host and in both jobs
+        assert result["resumed"] == result["straight"] == one["straight"] == one["resumed"]
+
+
 def _run_until_survivor_fails(tmp: Path, victim: int, freeze: bool) -> tuple[int, float, str]:
     extra = ["--victim", str(victim), "--hang-after", "120"] + (["--freeze"] if freeze else [])
     processes, logs = _launch(tmp, "die", 2, 2, *extra)

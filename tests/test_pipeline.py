@@ -209,7 +209,7 @@ def test_a_reader_returning_the_wrong_shape_is_named():
             return images[:, :2], labels
 
     reader = Wrong(np.zeros((8, 3, 3, 1), np.uint8), np.zeros(8, np.int32))
-    with pytest.raises(ValueError, match=r"reader returned images uint8\[4, 2, 3, 1\]"):
+    with pytest.raises(ValueError, match=r"read returned images uint8\[4, 2, 3, 1\]"):
         next(HostSource(reader).batches(0, 0, 4))
 
 

@@ -101,6 +101,37 @@ def test_worker_processes_and_threads_do_not_change_the_batches(data, record_fil
         assert_same_batches(host(batches), expected)
 
 
+def test_grain_source_reads_the_thread_sources_chunks_with_one_iterator(data, record_files):
+    # the calls a training run makes: whole epochs with checkpoint breaks, one cut short
+    # (max_steps), a jump (resume), unshuffled evaluations; then an abandoned epoch
+    records = streaming.RecordReader(record_files)
+    calls = [dict(epoch=0, steps_per_call=5, breaks=(4,)), dict(epoch=1, steps_per_call=3),
+             dict(epoch=2, stop=7), dict(epoch=4, start=9, steps_per_call=2),
+             dict(epoch=5), dict(epoch=0, shuffle=False, drop_remainder=False),
+             dict(epoch=0, shuffle=False, drop_remainder=False, steps_per_call=4)]
+    threads = HostSource(records, options=streaming.StreamOptions(loader="threads"))
+    grain_source = streaming.GrainSource(records)
+    order = streaming.StreamConfig(203, 16, seed=6, shuffle=True, drop_remainder=True)
+    restarts = []
+    for call in calls:
+        kwargs = dict(dict(drop_remainder=True), **call)
+        epoch = kwargs.pop("epoch")
+        expected = host(threads.epoch(6, epoch, 16, **kwargs))
+        got = host(grain_source.epoch(6, epoch, 16, **kwargs))
+        assert [c[2].shape for c in got] == [c[2].shape for c in expected]
+        assert_same_batches(got, expected)
+        restarts.append(grain_source.stream_for(order)._inner)
+    # the training stream ran on through epochs 0, 1, 2 and 4, 5 without a restart; it moved
+    # once, for the jump after the cut
+    assert restarts[0] is restarts[1] is restarts[2] and restarts[3] is restarts[4]
+    assert restarts[2] is not restarts[3]
+    abandoned = grain_source.epoch(6, 7, 16, drop_remainder=True)
+    next(abandoned)  # its read-ahead is still pulling when the next epoch starts
+    assert_same_batches(host(grain_source.epoch(6, 7, 16, drop_remainder=True)),
+                        host(threads.epoch(6, 7, 16, drop_remainder=True)))
+    grain_source.close()
+
+
 # --- processes -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("process_count", [2, 4])
@@ -176,7 +207,7 @@ def test_device_iterator_state_counts_yielded_batches_only(data, reader):
 
 def test_state_of_another_stream_is_refused(reader):
     state = streaming.stream(reader, 16, seed=5).get_state()
-    with pytest.raises(ValueError, match="batch_size=16, this stream has batch_size=8"):
+    with pytest.raises(ValueError, match="saved with batch_size=16, this run reads with batch_size=8"):
         streaming.stream(reader, 8, seed=5).set_state(state)
     with pytest.raises(ValueError, match="outside this stream"):
         streaming.stream(reader, 16, seed=5).set_state(dict(state, epoch=3))
@@ -339,28 +370,51 @@ def test_tfds_data_source_streams_and_converts_to_raw_records(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-def test_image_file_reader_decodes_and_resizes(tmp_path):
+def test_tfds_records_are_written_once_in_load_datasets_order(tmp_path, monkeypatch):
+    # (tfds' mock data has no split metadata: the examples are counted before writing)
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from jaxscale.data import datasets
+
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path))
+    with tfds.testing.mock_data(num_examples=24):
+        first = streaming.tfds_records("cifar10", "train")
+        stamps = [p.stat().st_mtime_ns for p in first.paths]
+        again = streaming.tfds_records("cifar10", "train")
+        expected = load_dataset("cifar10", "train", source="tfds")
+    assert again.paths == first.paths and [p.stat().st_mtime_ns for p in again.paths] == stamps
+    assert (len(again), again.image_shape, again.num_classes) == (24, (32, 32, 3), 10)
+    assert (again.name, again.split) == ("cifar10", "train")
+    images, labels = again.read(np.arange(24))
+    np.testing.assert_array_equal(images, expected.images)
+    np.testing.assert_array_equal(labels, expected.labels)
+    with open(again.paths[0], "r+b") as handle:  # damaged in the cache: named, with the fix
+        handle.truncate(again.paths[0].stat().st_size - 100)
+    with tfds.testing.mock_data(num_examples=24):
+        with pytest.raises(streaming.RecordFileError,
+                           match=f"{again.paths[0].name}.*delete .* written again"):
+            streaming.tfds_records("cifar10", "train")
+
+
+def test_image_files_stream_through_the_one_image_file_reader(tmp_path):
+    # streaming has no image reader of its own: flow_from_directory's plugs in
     from PIL import Image
 
+    from jaxscale.data.image_files import ImageFileReader
+
     rng = np.random.default_rng(0)
-    paths, originals = [], []
-    for i, size in enumerate([(12, 10), (8, 8), (20, 16)]):  # (height, width)
-        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        path = tmp_path / f"img{i}.{'png' if i % 2 else 'jpg'}"
-        Image.fromarray(pixels).save(path)
+    paths = []
+    for i, size in enumerate([(12, 10), (8, 8), (20, 16), (8, 8), (9, 7)]):  # (height, width)
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
         paths.append(path)
-        originals.append(pixels)
-    files = streaming.ImageFileReader(paths, [2, 0, 1], image_shape=(8, 8, 3))
-    images, labels = files.read(np.array([1, 2, 1]))
-    assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8
-    np.testing.assert_array_equal(labels, [0, 1, 0])
-    np.testing.assert_array_equal(images[0], originals[1])  # PNG of the target size: exact
-    np.testing.assert_array_equal(images[1], streaming.decode_image(paths[2], (8, 8, 3)))
-    gray = streaming.ImageFileReader(paths, [0, 0, 0], image_shape=(4, 4, 1))
-    assert gray.read(np.array([0]))[0].shape == (1, 4, 4, 1)
-    paths[0].write_bytes(b"not an image")
-    with pytest.raises(DatasetFileError, match="img0.jpg: cannot decode"):
-        files.read(np.array([0]))
+    files = ImageFileReader(paths, [2, 0, 1, 0, 1], target_size=(8, 8), workers=1)
+    assert not hasattr(streaming, "ImageFileReader")
+    got = host(streaming.stream(files, 2, seed=3, drop_remainder=False))
+    rows, _ = epoch_batches(epoch_order(3, 0, 5), 2)
+    for batch, step_rows in zip(got, rows):
+        images, labels = files.read(step_rows)
+        np.testing.assert_array_equal(batch[0], images)
+        np.testing.assert_array_equal(batch[1], labels)
 
 
 # --- statistics ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Training: config validation, the fused step learns, eval masks padding, one loop for every
 input and chunk size, no recompilation."""
 
+import importlib.util
 import warnings
 
 import jax
@@ -130,26 +131,58 @@ def one_step_per_call(small):
                          input="resident", log_every=3)
 
 
-# 4 steps per epoch: chunks of 3 leave a chunk of 1; 16 make one chunk per epoch
-@pytest.mark.parametrize("input,steps_per_call", [("resident", 3), ("resident", 16),
-                                                  ("streaming", 1), ("streaming", 3)])
-def test_every_input_and_chunk_size_gives_the_same_run(small, one_step_per_call, input,
-                                                       steps_per_call):
+needs_grain = pytest.mark.skipif(importlib.util.find_spec("grain") is None,
+                                 reason="grain is not installed (Python >= 3.11)")
+
+
+@pytest.mark.parametrize("input,steps_per_call,reading", [
+    ("resident", 3, None), ("resident", 16, None),
+    ("streaming", 1, dict(loader="threads")),
+    pytest.param("streaming", 5, dict(loader="grain"), marks=needs_grain),
+    pytest.param("records", 4, dict(loader="grain", worker_count=1, read_threads=1),
+                 marks=needs_grain)],
+    ids=["resident-3", "resident-16", "threads-1", "grain-5", "records-1-worker-4"])
+def test_every_input_and_chunk_size_gives_the_same_run(small, one_step_per_call, tmp_path,
+                                                       input, steps_per_call, reading):
     # The same steps on the same batches, in the same order: the programs differ only in
-    # where the batch comes from (a gather from the resident copy, or streamed rows) and how
-    # many steps one call scans, neither of which changes an arithmetic operation, so the
-    # parameters and metrics must agree exactly. (With augmentation XLA compiles the affine
-    # resampling's float32 coordinate arithmetic into different fusions in the two programs,
-    # which may round differently: `test_augmentation_in_both_programs_agrees` bounds that.)
+    # where the batch comes from (a gather from the resident copy, or streamed rows: from
+    # the arrays, or from record files through a Grain worker process) and how many steps
+    # one call scans, neither of which changes an arithmetic operation, and the scaling is
+    # fitted on the same blocks either way, so the parameters and metrics must agree
+    # exactly. (With augmentation XLA compiles the affine resampling's float32 coordinate
+    # arithmetic into different fusions in the two programs, which may round differently:
+    # `test_augmentation_in_both_programs_agrees` bounds that.)
+    from jaxscale.data.pipeline import StreamOptions
     config, reference = one_step_per_call
-    result = train(config.replace(steps_per_call=steps_per_call), small,
-                   (small.images[:64], small.labels[:64]), input=input, log_every=3)
-    assert result.input == input
+    train_data = small
+    if input == "records":
+        from jaxscale.data.streaming import RecordReader, write_records
+        train_data = RecordReader(write_records(tmp_path / "train", small, num_shards=2))
+    result = train(config.replace(steps_per_call=steps_per_call), train_data,
+                   (small.images[:64], small.labels[:64]),
+                   input="resident" if input == "resident" else "streaming", log_every=3,
+                   stream_options=None if reading is None else StreamOptions(**reading))
+    assert result.input == ("resident" if input == "resident" else "streaming")
     for a, b in zip(_leaves(reference), _leaves(result)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(reference.history, result.history):
         for name in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
             assert a[name] == b[name], name
+
+
+@needs_grain
+def test_a_corrupt_record_file_fails_the_run_naming_it(data, tmp_path):
+    # never a short epoch: the step that needs the damaged record raises
+    from jaxscale.data.streaming import RecordFileError, RecordReader, write_records
+    small = data.take(slice(0, 96))
+    paths = write_records(tmp_path / "train", small, num_shards=2)
+    raw = bytearray(paths[1].read_bytes())
+    at = raw.find(small.images[80].tobytes())
+    raw[at:at + 16] = bytes(b ^ 0xFF for b in raw[at:at + 16])
+    paths[1].write_bytes(bytes(raw))
+    config = TrainConfig(model="small_cnn", scaling="none", epochs=1, batch_size=32)
+    with pytest.raises(RecordFileError, match=f"{paths[1].name}: corrupt record"):
+        train(config, RecordReader(paths))
 
 
 def test_augmentation_in_both_programs_agrees(data):
@@ -243,3 +276,35 @@ def test_old_module_paths_still_work_and_warn():
         assert training.auto_parallel(1) in ("none", "mesh")
     with pytest.warns(DeprecationWarning, match="benchmarks"):
         assert training.count_compiles is count_compiles
+
+
+def test_the_scaling_fit_reads_blocks_the_same_from_arrays_and_readers(data, monkeypatch,
+                                                                        capsys):
+    # fixed blocks (here 4 of 56 images and one of 32), one read each, with a progress bar;
+    # an array and a reader of it are cut and merged alike, so they fit the same bits
+    from jaxscale.data.pipeline import ArrayReader
+    import jaxscale.training.loop as loop
+
+    monkeypatch.setattr(loop, "FIT_BLOCK_BYTES", 56 * 28 * 28)
+    reads = []
+
+    class Counting(ArrayReader):
+        def read(self, rows):
+            reads.append(len(rows))
+            return super().read(rows)
+
+    config = scaling_config("standardize")
+    from_reader = loop.fit_training_scaling(config, Counting(data.images, data.labels),
+                                            progress=True)
+    assert reads == [56, 56, 56, 56, 32] and "fit scaling" in capsys.readouterr().err
+    from_arrays = loop.fit_training_scaling(config, data)
+    for name in ("mean", "std"):
+        np.testing.assert_array_equal(getattr(from_reader, name), getattr(from_arrays, name))
+    # and they are the data's statistics: each image's moments are float32 sums of its
+    # 28 * 28 values (error <= (784 - 1) u of a sum of non-negative terms), and the merges of
+    # images and blocks are compensated (hi + lo), adding a few roundings more
+    rtol = (28 * 28 + 4) * 2.0 ** -24
+    images = data.images.astype(np.float64)
+    np.testing.assert_allclose(from_reader.mean, images.mean(axis=(0, 1, 2)), rtol=rtol)
+    np.testing.assert_allclose(np.asarray(from_reader.std, np.float64) ** 2,
+                               images.var(axis=(0, 1, 2)), rtol=2 * rtol)

@@ -270,7 +270,7 @@ def _load_raw(name: str, split: str, data_dir: str | Path | None) -> Dataset:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     """Exclusive advisory lock on `path` (POSIX), so only one process prepares a dataset."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
@@ -319,7 +319,7 @@ def tfds_builder(name: str, data_dir: str | Path | None = None, *,
     except OSError as error:
         raise DatasetFileError(f"cannot create the dataset cache {cache} ({error}); set "
                                f"${CACHE_DIR_ENV} to a writable folder") from error
-    with _file_lock(cache / f".{name}.lock"):
+    with file_lock(cache / f".{name}.lock"):
         try:
             builder = tfds.builder(name, data_dir=str(cache), file_format=file_format)
         except tfds.core.registered.DatasetNotFoundError:

@@ -12,8 +12,14 @@ batches, and for the same seed they serve the same ones:
 - `HostSource`: a *reader* on the host (in-memory or memory-mapped arrays, record files,
   image folders: anything with `read(rows)`), for data that does not fit on the device. Each
   process reads only its rows of every global batch (`sharding.process_rows`), chunks of K
-  batches are read ahead by a background thread and copied to the device(s) before they are
-  needed.
+  batches are read ahead by background threads and copied to the device(s) before they are
+  needed. `jaxscale.data.streaming.GrainSource` is the same source reading through one
+  persistent Grain iterator (worker processes, read threads); the trainer takes it when grain
+  is installed (`StreamOptions.loader`).
+
+The order is defined here once: `epoch_order` -> `epoch_batches` -> `chunk_spans`, with
+`ReadOrder` naming the numbers that fix it (and the resumable position in it, `ReadOrder.state`),
+and `read_rows` reading one span's rows of this process. The Grain stream builds on them.
 
 Both hand the trainer, the Keras facade and the benchmarks the same thing: `epoch(...)`
 yields placed *chunks*, and `take(data, chunk_step)` (traceable) turns one step of a chunk
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import itertools
 from typing import Any, Iterator, NamedTuple, Protocol
@@ -182,6 +189,135 @@ def chunk_spans(steps: int, *, start: int = 0, stop: int | None = None,
     return spans
 
 
+@dataclasses.dataclass(frozen=True)
+class ReadOrder:
+    """The numbers that fix the batches of every epoch (the same on every process).
+
+    Attributes:
+      num_examples: N.
+      batch_size: the *global* batch size B (all processes together).
+      seed: epoch e visits `epoch_order(seed, e, N)`.
+      shuffle: False reads rows 0..N-1 in order, every epoch.
+      drop_remainder: drop the last N mod B examples of each epoch's order; else the last
+        batch is padded (`epoch_batches`) and its padding rows are masked.
+    """
+
+    num_examples: int
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    drop_remainder: bool = True
+
+    def __post_init__(self):
+        if self.num_examples < 1 or self.batch_size < 1:
+            raise ValueError(f"need num_examples >= 1 and batch_size >= 1, got "
+                             f"{self.num_examples}, {self.batch_size}")
+        if self.drop_remainder and self.num_examples < self.batch_size:
+            raise ValueError(f"drop_remainder with {self.num_examples} examples < batch_size "
+                             f"{self.batch_size} leaves no batch")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.num_examples, self.batch_size,
+                               drop_remainder=self.drop_remainder)
+
+    def batches(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int32[S, B], mask bool[S, B]) of `epoch` (`epoch_batches` of its order)."""
+        return epoch_batches(epoch_order(self.seed, epoch, self.num_examples,
+                                         shuffle=self.shuffle), self.batch_size,
+                             drop_remainder=self.drop_remainder)
+
+    def state(self, epoch: int, step: int) -> dict[str, Any]:
+        """The JSON-ready position "next is step `step` of epoch `epoch`", with the fields
+        that define the order: what a checkpoint saves and `position` checks."""
+        return dict(epoch=int(epoch), step=int(step), **dataclasses.asdict(self))
+
+    def position(self, state: dict[str, Any]) -> tuple[int, int]:
+        """(epoch, step) of a `state` saved for this order.
+
+        Raises:
+          ValueError: the state belongs to another order (dataset size, batch size, seed,
+            shuffle or drop_remainder, named), or its step lies outside an epoch.
+        """
+        for key, value in dataclasses.asdict(self).items():
+            if state.get(key) != value:
+                raise ValueError(f"the data iterator state was saved with {key}="
+                                 f"{state.get(key)!r}, this run reads with {key}={value!r}")
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if epoch < 0 or not 0 <= step < self.steps_per_epoch:
+            raise ValueError(f"data iterator state epoch {epoch} step {step} is outside an "
+                             f"epoch of {self.steps_per_epoch} steps")
+        return epoch, step
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+    """How a `HostSource` reads (never *which* batches: every choice gives the same ones).
+
+    Attributes:
+      loader: "grain": one persistent Grain iterator over all epochs
+        (`jaxscale.data.streaming.GrainSource`, needs grain, Python >= 3.11); "threads":
+        the data path's own read-ahead threads (`HostSource`); "auto": grain when it is
+        importable, else threads.
+      worker_count: Grain worker processes (`mp_prefetch`); 0 reads in this process. Workers
+        pay off only when reading holds the GIL (tfds' PNG records, Python decoders): each
+        is an interpreter with jax of its own (~300 MB), gets a pickled copy of the reader
+        (an `ArrayReader` over in-memory arrays copies them: map a file instead) and
+        returns batches through shared memory. ArrayRecord reads and Pillow decodes release
+        the GIL, so threads serve them better. Needs the grain loader.
+      read_threads: threads per process, each reading whole batches (Grain `ReadOptions`;
+        with the threads loader, the read-ahead threads).
+      buffer_size: batches each process keeps ready ahead of use (Grain).
+    """
+
+    loader: str = "auto"
+    worker_count: int = 0
+    read_threads: int = 2
+    buffer_size: int = 2
+
+    def __post_init__(self):
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.worker_count < 0 or self.read_threads < 0 or self.buffer_size < 1:
+            raise ValueError(f"need worker_count >= 0, read_threads >= 0, buffer_size >= 1; "
+                             f"got {self}")
+        if self.loader == "threads" and self.worker_count:
+            raise ValueError("worker processes need the grain loader, got loader='threads' "
+                             f"with worker_count={self.worker_count}")
+
+
+LOADERS = ("auto", "grain", "threads")
+
+
+def read_rows(reader: "Reader", rows: np.ndarray, mask: np.ndarray, *,
+              process_index: int | None = None, process_count: int | None = None) -> Batch:
+    """This process's rows of k global batches, read from `reader` in one call.
+
+    Args:
+      reader: a `Reader`.
+      rows, mask: int[k, B], bool[k, B]: k steps of `ReadOrder.batches`.
+      process_index, process_count: default jax's (`sharding.process_rows`).
+
+    Returns:
+      Batch of host arrays uint8[k, B/P, H, W, C], int32[k, B/P], bool[k, B/P].
+
+    Raises:
+      ValueError: the reader returned images of another dtype or shape (named).
+    """
+    process = dict(process_index=process_index, process_count=process_count)
+    local_rows = process_rows(rows, **process)
+    images, labels = reader.read(local_rows.reshape(-1))
+    images = np.asarray(images)
+    shape = tuple(reader.image_shape)
+    if images.dtype != np.uint8 or images.shape != (local_rows.size, *shape):
+        raise ValueError(f"{type(reader).__name__}.read returned images "
+                         f"{images.dtype}{list(images.shape)}; expected "
+                         f"uint8{[local_rows.size, *shape]}")
+    return Batch(images.reshape(*local_rows.shape, *shape),
+                 np.asarray(labels).astype(np.int32).reshape(local_rows.shape),
+                 process_rows(mask, **process))
+
+
 def _checked_arrays(images, labels) -> tuple[Any, Any]:
     if np.ndim(images) != 4 or np.shape(labels) != (np.shape(images)[0],):
         raise ValueError(f"expected images [N, H, W, C] and labels [N], got shapes "
@@ -247,9 +383,8 @@ class ResidentSource:
         (rows int32[k, B], mask bool[k, B]) placed with the batch axis split over the
         devices."""
         self.placement.check_batch(batch_size)
-        rows, mask = epoch_batches(epoch_order(seed, epoch, self.num_examples,
-                                               shuffle=shuffle), batch_size,
-                                   drop_remainder=drop_remainder)
+        rows, mask = ReadOrder(self.num_examples, batch_size, seed, shuffle,
+                               drop_remainder).batches(epoch)
         for first, last in chunk_spans(rows.shape[0], start=start, stop=stop,
                                        steps_per_call=steps_per_call, breaks=breaks):
             yield self.placement.split_rows((rows[first:last], mask[first:last]))
@@ -264,6 +399,9 @@ class ResidentSource:
         for rows, mask in self.epoch(seed, epoch, batch_size, shuffle=shuffle,
                                      drop_remainder=drop_remainder):
             yield _take_one(self.data, rows[0], mask[0])
+
+    def close(self) -> None:
+        """Nothing runs in the background (the interface of `HostSource.close`)."""
 
 
 @jax.jit
@@ -309,22 +447,26 @@ class HostSource:
       reader: anything with `len()`, `image_shape` and `read(rows)` (see `Reader`); a Dataset
         or an (images, labels) pair is wrapped in an `ArrayReader`.
       placement: where batches go; default: the first local device.
-      prefetch: chunks read and in flight to the device ahead of the one being used (a
-        background thread reads and copies them).
+      prefetch: chunks read and in flight to the device ahead of the one being used.
+      options: `StreamOptions`; this class reads with `read_threads` background threads
+        (at least one). `jaxscale.data.streaming.GrainSource` reads through Grain instead.
 
     For the same seed and epoch the batches equal `ResidentSource`'s. Each process reads only
     its `process_rows` of every global batch; the global batch is assembled on the devices.
     """
 
     kind = "host"
+    loader = "threads"
     data = ()
 
-    def __init__(self, reader, *, placement: Placement | None = None, prefetch: int = 2):
+    def __init__(self, reader, *, placement: Placement | None = None, prefetch: int = 2,
+                 options: StreamOptions | None = None):
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self.reader = as_reader(reader)
         self.placement = placement or Placement.create("single")
         self.prefetch = prefetch
+        self.options = options or StreamOptions(loader=self.loader)
         self.num_examples = len(self.reader)
         self.image_shape = tuple(self.reader.image_shape)
 
@@ -334,21 +476,22 @@ class HostSource:
         del data
         return chunk_step
 
-    def _read(self, rows: np.ndarray, mask: np.ndarray) -> Batch:
-        """This process's rows of k global batches (rows, mask [k, B]) as host arrays
-        [k, B / process_count, ...]."""
-        local_rows = process_rows(rows)
-        images, labels = self.reader.read(local_rows.reshape(-1))
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
-            raise ValueError(f"reader returned images {images.dtype}{list(images.shape)}; "
-                             f"expected uint8[B, {', '.join(map(str, self.image_shape))}]")
-        return Batch(images.reshape(*local_rows.shape, *self.image_shape),
-                     np.asarray(labels).astype(np.int32).reshape(local_rows.shape),
-                     process_rows(mask))
+    def _span_reader(self, order: ReadOrder, epoch: int, spans: list[tuple[int, int]]):
+        """`read(span) -> Batch` of this process's host arrays [k, B/P, ...] for the spans
+        (first, last) of `epoch`, which are read in this order; and the number of threads
+        that may call it at once."""
+        del spans
+        rows, mask = order.batches(epoch)
+        return (lambda span: read_rows(self.reader, rows[span[0]:span[1]],
+                                       mask[span[0]:span[1]]),
+                max(1, self.options.read_threads))
 
-    def _read_chunk(self, rows: np.ndarray, mask: np.ndarray) -> Batch:
-        return self.placement.split_rows(self._read(rows, mask), process_local=True)
+    def _spans(self, seed, epoch, batch_size, *, shuffle, drop_remainder, start, stop,
+               steps_per_call, breaks):
+        order = ReadOrder(self.num_examples, batch_size, seed, shuffle, drop_remainder)
+        spans = chunk_spans(order.steps_per_epoch, start=start, stop=stop,
+                            steps_per_call=steps_per_call, breaks=breaks)
+        return spans, self._span_reader(order, epoch, spans)
 
     def epoch(self, seed: int, epoch: int, batch_size: int, *, shuffle: bool = True,
               drop_remainder: bool = False, start: int = 0, stop: int | None = None,
@@ -356,14 +499,12 @@ class HostSource:
         """The chunks of steps [start, stop) of one epoch (see `chunk_spans`): Batch with
         leaves [k, B, ...] placed with the batch axis split over the devices."""
         self.placement.check_batch(batch_size)
-        rows, mask = epoch_batches(epoch_order(seed, epoch, self.num_examples,
-                                               shuffle=shuffle), batch_size,
-                                   drop_remainder=drop_remainder)
-        spans = chunk_spans(rows.shape[0], start=start, stop=stop,
-                            steps_per_call=steps_per_call, breaks=breaks)
-        yield from _read_ahead(lambda span: self._read_chunk(rows[span[0]:span[1]],
-                                                             mask[span[0]:span[1]]),
-                               spans, self.prefetch)
+        spans, (read, threads) = self._spans(
+            seed, epoch, batch_size, shuffle=shuffle, drop_remainder=drop_remainder,
+            start=start, stop=stop, steps_per_call=steps_per_call, breaks=breaks)
+        yield from read_ahead(
+            lambda span: self.placement.split_rows(read(span), process_local=True), spans,
+            self.prefetch, threads)
 
     def batches(self, seed: int, epoch: int, batch_size: int, *, shuffle: bool = True,
                 drop_remainder: bool = False) -> Iterator[Batch]:
@@ -371,24 +512,25 @@ class HostSource:
         if self.placement.kind != "single":
             raise ValueError("batches() serves a single-device source; under a mesh or pmap "
                              "iterate epoch() and gather inside the step")
-        rows, mask = epoch_batches(epoch_order(seed, epoch, self.num_examples,
-                                               shuffle=shuffle), batch_size,
-                                   drop_remainder=drop_remainder)
+        spans, (read, threads) = self._spans(
+            seed, epoch, batch_size, shuffle=shuffle, drop_remainder=drop_remainder, start=0,
+            stop=None, steps_per_call=1, breaks=())
         device = self.placement.devices[0]
+        yield from read_ahead(
+            lambda span: jax.device_put(jax.tree_util.tree_map(lambda x: x[0], read(span)),
+                                        device), spans, self.prefetch, threads)
 
-        def load(step: int) -> Batch:
-            host = self._read(rows[step:step + 1], mask[step:step + 1])
-            return jax.device_put(jax.tree_util.tree_map(lambda x: x[0], host), device)
-
-        yield from _read_ahead(load, range(rows.shape[0]), self.prefetch)
+    def close(self) -> None:
+        """Stops background reading (nothing to stop here; `GrainSource` stops Grain)."""
 
 
-def _read_ahead(load, items, depth: int):
-    """Yields `load(item)` for every item in order, while a background thread loads up to
-    `depth` further items (host reads and device copies overlap the consumer's work)."""
+def read_ahead(load, items, depth: int, threads: int = 1):
+    """Yields `load(item)` for every item in order, while `threads` background threads load
+    up to `depth` further items (host reads and device copies overlap the consumer's work).
+    With one thread the items are loaded one after another, in order."""
     items = iter(items)
     done = object()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
         pending = collections.deque(pool.submit(load, item)
                                     for item in itertools.islice(items, depth + 1))
         while pending:

@@ -1,58 +1,63 @@
-"""Streaming input for data that does not fit on the device: readers and a Grain pipeline.
+"""Streaming input for data that does not fit on the device: record files and Grain.
 
 Readers (`jaxscale.data.pipeline.Reader`: `len`, `image_shape`, `num_classes`,
 `read(rows) -> (uint8[B, H, W, C], int32[B])` reading only those rows) beside the data path's
-own `ArrayReader` (in-memory or `np.memmap` arrays) and `datasets.RecordSource` (tfds'
-ArrayRecord files as `tfds.data_source` prepares them, PNG decoded per read):
+own `ArrayReader` (in-memory or `np.memmap` arrays), `datasets.RecordSource` (tfds' ArrayRecord
+files, PNG decoded per read) and `image_files.ImageFileReader` (folders of image files, the
+reader of `flow_from_directory`):
 
 - `RecordReader`: ArrayRecord files of raw uint8 records written by `write_records` (decoded
-  once, e.g. from a `RecordSource`, so an epoch costs a file read and a copy per image).
-  Every file carries a header (shape, dtype, shard, counts) checked when it is opened, and
-  Riegeli checks a hash of every chunk it reads, so a corrupt or truncated file raises
-  `RecordFileError` naming the file, never a short epoch.
-- `ImageFileReader`: image files (PNG/JPEG/...) decoded and resized on the host by a
-  pluggable `decode(path, image_shape)` (the decoder of `flow_from_directory` plugs in).
+  once, so an epoch costs a file read and a copy per image). Every file carries a header
+  (shape, dtype, shard, counts) checked when it is opened, and Riegeli checks a hash of every
+  chunk it reads, so a corrupt or truncated file raises `RecordFileError` naming the file,
+  never a short epoch. `tfds_records(name, split)` writes a tfds split as such files once,
+  into the dataset cache, and reuses them on later runs.
 
-`stream(reader, batch_size, ...)` reads the batches of the global epoch order with Grain:
-element i of its `MapDataset` is one batch (or a chunk of `steps_per_call` batches) read with
-one `reader.read` call, so Python overhead is per batch, not per image. Epoch e's order is
-`epoch_order(seed, e, N)` cut by `epoch_batches`, as for the resident path; process p of P
-reads only `process_rows` (its contiguous slice rows[p*B/P:(p+1)*B/P]) of each global batch,
-so a P-process run sees the 1-process run's global batches and every process runs the same
-number of steps (nobody waits for a host whose shard ran out). Grain's worker processes
-(`mp_prefetch`) take elements i = w mod W and are interleaved back in order, so the worker
-count never changes the batches; one iterator runs through all epochs, so workers start once.
+`stream(reader, batch_size, ...)` reads the batches of the data path's order with Grain
+(`jaxscale.data.pipeline`: `ReadOrder`, `epoch_batches`, `chunk_spans` and `read_rows`, no
+copy of them here): element i of its `MapDataset` is one batch (or one chunk of
+`steps_per_call` batches) read with one `reader.read` call, so Python overhead is per batch,
+not per image. Process p of P reads only its `process_rows` (rows[p*B/P:(p+1)*B/P]) of each
+global batch, so a P-process run sees the 1-process run's global batches and every process
+runs the same number of steps (nobody waits for a host whose shard ran out: the last partial
+batch is padded and masked, or dropped). Grain's worker processes (`mp_prefetch`) take
+elements i = w mod W and are interleaved back in order, so the worker count never changes the
+batches; one iterator runs through all epochs, so workers start once.
 
-The iterator's state is the step of the next batch, `{"epoch", "step"}` with the fields that
-define the order (seed, batch size, ...); `set_state` resumes exactly there, whatever the
-worker count, process count or chunk size. `StreamIterator` is a `grain.DatasetIterator`, so
-Grain's orbax handler (`grain.checkpoint.CheckpointSave/CheckpointRestore`) saves it in an
-orbax checkpoint beside the train state. `DeviceIterator` puts elements on the device(s) a
-few ahead (a `Placement` for chunks, or a `NamedSharding` for batches; several processes
-assemble the global batch with `jax.make_array_from_process_local_data`) and reports the
-state of what it has *yielded*, not of what is in flight.
+The iterator's state is the position of the next batch, `ReadOrder.state(epoch, step)` (the
+fields that define the order, and where in it); `set_state` resumes exactly there, whatever
+the worker count, process count or chunk size. `StreamIterator` is a `grain.DatasetIterator`,
+so Grain's orbax handler saves it in an orbax checkpoint; the trainer saves the same state in
+its checkpoint's metadata.
+
+`GrainSource` is `pipeline.HostSource` reading through one persistent stream per read order:
+what `jaxscale.training.train` streams with when grain is installed. `DeviceIterator` puts
+the elements of any iterator on the device(s) a few ahead, for users of `stream` directly.
 
 Host memory holds only the elements in flight: about `(worker_count or 1) * (read_threads +
-buffer_size)` host elements plus `DeviceIterator`'s `size` device elements.
+buffer_size)` host batches plus the device prefetch.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import glob
 import json
+import math
 import os
+import re
+import shutil
+import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
 
-from jaxscale.data.datasets import DatasetFileError
-from jaxscale.data.pipeline import (Batch, Reader, as_reader, epoch_batches, epoch_order,
-                                    steps_per_epoch)
+from jaxscale.data.datasets import DatasetFileError, cache_dir, file_lock, tfds_builder
+from jaxscale.data.pipeline import (Batch, HostSource, Reader, ReadOrder, StreamOptions,
+                                    as_reader, chunk_spans, epoch_batches, read_rows)
 from jaxscale.data.sharding import process_rows
 
 try:
@@ -60,6 +65,12 @@ try:
 except ImportError as err:  # grain needs Python >= 3.11
     raise ImportError("jaxscale.data.streaming needs grain (pip install 'jaxscale[streaming]', "
                       "Python >= 3.11)") from err
+
+# The first release's names of the order and the options (they moved to the data path).
+StreamConfig = ReadOrder
+__all__ = ["DeviceIterator", "GrainSource", "RecordFileError", "RecordReader", "StreamConfig",
+           "StreamIterator", "StreamOptions", "image_batches", "reader_stats",
+           "record_paths", "stream", "tfds_records", "write_record_batches", "write_records"]
 
 
 # --- readers ---------------------------------------------------------------------------------
@@ -118,54 +129,111 @@ def write_records(prefix: str | Path, data, *, num_shards: int = 1, batch_size: 
       progress: show a progress bar.
 
     Returns:
+      The paths written (see `write_record_batches`).
+    """
+    reader = as_reader(data)
+    n = len(reader)
+
+    def batches():
+        for first in range(0, n, batch_size):
+            yield reader.read(np.arange(first, min(first + batch_size, n)))
+
+    return write_record_batches(prefix, batches(), num_examples=n,
+                                image_shape=reader.image_shape,
+                                num_classes=int(reader.num_classes), num_shards=num_shards,
+                                options=options, progress=progress,
+                                source=type(reader).__name__)
+
+
+def write_record_batches(prefix: str | Path, batches: Iterable, *, num_examples: int,
+                         image_shape: tuple[int, int, int], num_classes: int,
+                         num_shards: int = 1, options: str = WRITER_OPTIONS,
+                         progress: bool = False, source: str = "batches") -> list[Path]:
+    """Writes (images uint8[b, H, W, C], labels int[b]) batches, in order, as raw records.
+
+    Args:
+      prefix: path prefix; files are `record_paths(prefix, num_shards)`.
+      batches: the examples in order, any batch sizes; together exactly `num_examples`.
+      num_examples, image_shape, num_classes: what the headers announce.
+      num_shards: files; shard i holds the contiguous rows [i*N//n, (i+1)*N//n).
+      options: ArrayRecord writer options.
+      progress: show a progress bar.
+      source: what the batches come from, for error messages.
+
+    Returns:
       The paths written. Each file is written under a temporary name and renamed when
       complete, so a crash never leaves a plausible partial file.
+
+    Raises:
+      ValueError: a batch of another shape, or more or fewer examples than announced.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    reader = as_reader(data)
-    n = len(reader)
+    n = int(num_examples)
     if num_shards < 1 or n < num_shards:
         raise ValueError(f"need 1 <= num_shards <= {n} examples, got num_shards={num_shards}")
-    image_shape = _check_image_shape(reader.image_shape)
+    image_shape = _check_image_shape(image_shape)
     paths = record_paths(prefix, num_shards)
     paths[0].parent.mkdir(parents=True, exist_ok=True)
+    bounds = [shard * n // num_shards for shard in range(num_shards + 1)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=n, desc=f"write {paths[0].parent.name or paths[0].name}", unit="img")
+        bar = tqdm(total=n, desc=f"write {paths[0].name.rsplit('-', 3)[0]}", unit="img")
+    shard, writer, written = -1, None, 0
+
+    def open_shard(index):
+        header = dict(format=RECORD_FORMAT, version=RECORD_FORMAT_VERSION,
+                      image_shape=list(image_shape), image_dtype="uint8",
+                      label_dtype=_LABEL.str, num_classes=int(num_classes),
+                      shard_index=index, num_shards=num_shards, first_row=bounds[index],
+                      num_examples=bounds[index + 1] - bounds[index], total_examples=n)
+        handle = ArrayRecordWriter(str(_partial(paths[index])), options)
+        handle.write(json.dumps(header).encode())
+        return handle
+
     try:
-        for shard, path in enumerate(paths):
-            start, stop = shard * n // num_shards, (shard + 1) * n // num_shards
-            header = dict(format=RECORD_FORMAT, version=RECORD_FORMAT_VERSION,
-                          image_shape=list(image_shape), image_dtype="uint8",
-                          label_dtype=_LABEL.str, num_classes=int(reader.num_classes),
-                          shard_index=shard, num_shards=num_shards, first_row=start,
-                          num_examples=stop - start, total_examples=n)
-            partial = path.with_name(path.name + ".partial")
-            writer = ArrayRecordWriter(str(partial), options)
-            try:
-                writer.write(json.dumps(header).encode())
-                for first in range(start, stop, batch_size):
-                    rows = np.arange(first, min(first + batch_size, stop))
-                    images, labels = reader.read(rows)
-                    images = np.ascontiguousarray(images, np.uint8)
-                    if images.shape != (len(rows), *image_shape):
-                        raise ValueError(f"{type(reader).__name__}.read gave images of shape "
-                                         f"{images.shape}, expected {(len(rows), *image_shape)}")
-                    flat = images.reshape(len(rows), -1)
-                    label_bytes = np.asarray(labels).astype(_LABEL).reshape(-1, 1).view(np.uint8)
-                    for record in np.concatenate([flat, label_bytes], axis=1):
-                        writer.write(record.tobytes())
-                    if bar is not None:
-                        bar.update(len(rows))
-            finally:
-                writer.close()
-            os.replace(partial, path)
+        for images, labels in batches:
+            images = np.ascontiguousarray(images, np.uint8)
+            count = images.shape[0] if images.ndim == 4 else -1
+            if images.shape[1:] != image_shape or np.shape(labels) != (count,):
+                raise ValueError(f"{source} gave images of shape {images.shape} and labels of "
+                                 f"shape {np.shape(labels)}, expected [b, "
+                                 f"{', '.join(map(str, image_shape))}] and [b]")
+            if written + count > n:
+                raise ValueError(f"{source} gave more than the {n} examples announced")
+            label_bytes = np.asarray(labels).astype(_LABEL).reshape(-1, 1).view(np.uint8)
+            records = np.concatenate([images.reshape(count, -1), label_bytes], axis=1)
+            for record in records:
+                while written >= bounds[shard + 1]:  # this record opens the next shard
+                    if writer is not None:
+                        writer.close()
+                        os.replace(_partial(paths[shard]), paths[shard])
+                    shard += 1
+                    writer = open_shard(shard)
+                writer.write(record.tobytes())
+                written += 1
+            if bar is not None:
+                bar.update(count)
+        if written != n:
+            raise ValueError(f"{source} gave {written} examples, {n} were announced")
+        writer.close()
+        writer = None
+        os.replace(_partial(paths[shard]), paths[shard])
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        for path in paths:
+            _partial(path).unlink(missing_ok=True)
+        raise
     finally:
         if bar is not None:
             bar.close()
     return paths
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
 
 
 def _expand_paths(paths) -> list[Path]:
@@ -337,141 +405,28 @@ class RecordReader:
         return np.ascontiguousarray(images), labels.astype(np.int32)
 
 
-_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-
-
-def decode_image(path: str | Path, image_shape: tuple[int, int, int], *,
-                 interpolation: str = "bilinear") -> np.ndarray:
-    """uint8[H, W, C]: one image file decoded with Pillow, converted to C channels and resized
-    to (H, W) when its size differs (Pillow's `interpolation` filter)."""
-    from PIL import Image
-
-    height, width, channels = image_shape
-    with Image.open(path) as image:
-        image = image.convert(_PIL_MODES[channels])
-        if image.size != (width, height):
-            image = image.resize((width, height), getattr(Image.Resampling,
-                                                          interpolation.upper()))
-        array = np.asarray(image, np.uint8)
-    return array.reshape(image_shape)
-
-
-class ImageFileReader:
-    """A `Reader` over image files, decoded (and resized to `image_shape`) on the host.
-
-    Args:
-      paths: one file per example.
-      labels: int[N].
-      image_shape: (H, W, C) every image is decoded to.
-      num_classes: default `labels.max() + 1`.
-      decode: `decode(path, image_shape) -> uint8[H, W, C]`; default `decode_image`
-        (Pillow, bilinear). The decoder of `flow_from_directory` plugs in here.
-    """
-
-    def __init__(self, paths: Sequence[str | Path], labels, *,
-                 image_shape: tuple[int, int, int], num_classes: int | None = None,
-                 decode: Callable[[str, tuple], np.ndarray] | None = None):
-        labels = np.asarray(labels)
-        if labels.shape != (len(paths),):
-            raise ValueError(f"ImageFileReader needs one label per path: {len(paths)} paths, "
-                             f"labels of shape {labels.shape}")
-        if len(paths) and _PIL_MODES.get(int(image_shape[-1])) is None and decode is None:
-            raise ValueError(f"decode_image makes 1, 3 or 4 channels, got image_shape "
-                             f"{image_shape}")
-        self.paths = [os.fspath(p) for p in paths]
-        self.labels = labels.astype(np.int32)
-        self.image_shape = _check_image_shape(image_shape)
-        self.num_classes = (int(labels.max()) + 1 if num_classes is None else int(num_classes))
-        self.decode = decode or decode_image
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def read(self, rows) -> tuple[np.ndarray, np.ndarray]:
-        rows = _check_rows(rows, len(self), "ImageFileReader")
-        images = np.empty((len(rows), *self.image_shape), np.uint8)
-        for i, row in enumerate(rows.tolist()):  # one file each: decoding is per image
-            try:
-                images[i] = self.decode(self.paths[row], self.image_shape)
-            except (OSError, ValueError) as err:
-                raise DatasetFileError(f"{self.paths[row]}: cannot decode: {err}") from err
-        return images, self.labels[rows]
-
-
 # --- the Grain pipeline ----------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class StreamConfig:
-    """What defines the batches of a stream (the same on every process, saved with its state).
-
-    Attributes:
-      num_examples: N, the reader's length.
-      batch_size: the *global* batch size B (all processes together).
-      seed: the order of epoch e is `epoch_order(seed, e, N)`.
-      shuffle: False reads rows 0..N-1 in order.
-      drop_remainder: drop the last N mod B examples of each epoch's order; else the last
-        batch is padded (`epoch_batches`) and its padding rows are masked.
-    """
-
-    num_examples: int
-    batch_size: int
-    seed: int = 0
-    shuffle: bool = True
-    drop_remainder: bool = True
-
-    def __post_init__(self):
-        if self.num_examples < 1 or self.batch_size < 1:
-            raise ValueError(f"need num_examples >= 1 and batch_size >= 1, got "
-                             f"{self.num_examples}, {self.batch_size}")
-        if self.drop_remainder and self.num_examples < self.batch_size:
-            raise ValueError(f"drop_remainder with {self.num_examples} examples < batch_size "
-                             f"{self.batch_size} leaves no batch")
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.num_examples, self.batch_size,
-                               drop_remainder=self.drop_remainder)
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamOptions:
-    """How batches are read (never *which*: every choice gives the same batches).
-
-    Attributes:
-      worker_count: Grain worker processes (`mp_prefetch`); 0 reads in this process. Workers
-        pay off only when reading holds the GIL (tfds' PNG records, Python decoders): each
-        is an interpreter with jax of its own (~300 MB), gets a pickled copy of the reader
-        (an `ArrayReader` over in-memory arrays copies them: map a file instead) and
-        returns batches through shared memory. ArrayRecord reads and Pillow decodes release
-        the GIL, so threads serve them better.
-      read_threads: threads per process, each reading whole elements (Grain `ReadOptions`);
-        they overlap file reads and the GIL-free parts of decoding.
-      buffer_size: elements each process keeps ready ahead of use.
-    """
-
-    worker_count: int = 0
-    read_threads: int = 2
-    buffer_size: int = 2
-
-    def __post_init__(self):
-        if self.worker_count < 0 or self.read_threads < 0 or self.buffer_size < 1:
-            raise ValueError(f"need worker_count >= 0, read_threads >= 0, buffer_size >= 1; "
-                             f"got {self}")
+_UNBOUNDED = sys.maxsize // 2  # the length of a stream without a last epoch
 
 
 class _Spans:
     """Grain data source of a stream from global step `start` to the end of `num_epochs`
-    epochs: element i is this process's part of the steps of span i, a run of up to
-    `steps_per_call` steps that never crosses the end of an epoch, read with one
-    `reader.read` call. `chunked`: elements are chunks [k, B/P, ...]; else single batches
-    [B/P, ...] (one step per span)."""
+    epochs (None: no end): element i is this process's part of the steps of span i, the
+    spans being `chunk_spans(S, steps_per_call=K)` of every epoch (of the first one from
+    `start` on), each read with one `reader.read` call (`read_rows`). `chunked`: elements are
+    chunks [k, B/P, ...]; else single batches [B/P, ...] (K = 1)."""
 
-    def __init__(self, reader: Reader, config: StreamConfig, *, start: int, num_epochs: int,
-                 steps_per_call: int, chunked: bool, process_index: int, process_count: int):
-        self.reader, self.config = reader, config
-        self.start, self.num_epochs = start, num_epochs
-        self.steps_per_call, self.chunked = steps_per_call, chunked
+    def __init__(self, reader: Reader, order: ReadOrder, *, start: int,
+                 num_epochs: int | None, steps_per_call: int, chunked: bool,
+                 process_index: int, process_count: int):
+        self.reader, self.order = reader, order
+        self.num_epochs, self.chunked = num_epochs, chunked
         self.process_index, self.process_count = process_index, process_count
+        steps = order.steps_per_epoch
+        self.first_epoch, step = divmod(start, steps)
+        self.first = chunk_spans(steps, start=step, steps_per_call=steps_per_call)
+        self.whole = chunk_spans(steps, steps_per_call=steps_per_call)
         self._cache: dict = {}
         self._lock = threading.Lock()
 
@@ -485,56 +440,34 @@ class _Spans:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _first_epoch(self) -> tuple[int, int, int, int]:
-        """(epoch, step) of `start`, spans left in that epoch, spans in a whole epoch."""
-        steps, per = self.config.steps_per_epoch, self.steps_per_call
-        epoch, step = divmod(self.start, steps)
-        return epoch, step, -(-(steps - step) // per), -(-steps // per)
-
     def __len__(self) -> int:
-        epoch, _, first, whole = self._first_epoch()
-        return 0 if epoch >= self.num_epochs else first + (self.num_epochs - epoch - 1) * whole
+        if self.num_epochs is None:
+            return _UNBOUNDED
+        if self.first_epoch >= self.num_epochs:
+            return 0
+        return len(self.first) + (self.num_epochs - self.first_epoch - 1) * len(self.whole)
 
     def span(self, index: int) -> tuple[int, int, int]:
         """(epoch, first step, end step) of element `index`."""
-        steps, per = self.config.steps_per_epoch, self.steps_per_call
-        epoch, step, first, whole = self._first_epoch()
-        if index >= first:
-            extra, index = divmod(index - first, whole)
-            epoch, step = epoch + 1 + extra, 0
-        begin = step + index * per
-        return epoch, begin, min(begin + per, steps)
+        if index < len(self.first):
+            return (self.first_epoch, *self.first[index])
+        extra, index = divmod(index - len(self.first), len(self.whole))
+        return (self.first_epoch + 1 + extra, *self.whole[index])
 
     def epoch_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows int32[S, B/P], mask bool[S, B/P]) this process reads in `epoch`."""
+        """(rows int32[S, B], mask bool[S, B]) of `epoch`, computed once per epoch."""
         with self._lock:  # several threads reach a new epoch together; compute it once
             if epoch not in self._cache:
-                c = self.config
-                rows, mask = epoch_batches(
-                    epoch_order(c.seed, epoch, c.num_examples, shuffle=c.shuffle),
-                    c.batch_size, drop_remainder=c.drop_remainder)
-                process = dict(process_index=self.process_index,
-                               process_count=self.process_count)
                 self._cache = {e: v for e, v in self._cache.items() if e == epoch - 1}
-                self._cache[epoch] = (process_rows(rows, **process),
-                                      process_rows(mask, **process))
+                self._cache[epoch] = self.order.batches(epoch)
             return self._cache[epoch]
 
     def __getitem__(self, index) -> Batch:
         epoch, begin, end = self.span(int(index))
         rows, mask = self.epoch_rows(epoch)
-        rows, mask = rows[begin:end], mask[begin:end]
-        images, labels = self.reader.read(rows.reshape(-1))
-        shape = self.reader.image_shape
-        if images.shape != (rows.size, *shape) or images.dtype != np.uint8:
-            raise ValueError(f"{type(self.reader).__name__}.read gave images "
-                             f"{images.dtype}{list(images.shape)}, expected uint8"
-                             f"{[rows.size, *shape]}")
-        images = images.reshape(*rows.shape, *shape)
-        labels = np.asarray(labels, np.int32).reshape(rows.shape)
-        if self.chunked:
-            return Batch(images, labels, mask)
-        return Batch(images[0], labels[0], mask[0])
+        batch = read_rows(self.reader, rows[begin:end], mask[begin:end],
+                          process_index=self.process_index, process_count=self.process_count)
+        return batch if self.chunked else Batch(*(x[0] for x in batch))
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
@@ -561,6 +494,8 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
     return int(process_index), int(process_count)
 
 
+
+
 class StreamIterator(grain.DatasetIterator):
     """This process's part of the global batches of `num_epochs` epochs, read by Grain.
 
@@ -570,23 +505,27 @@ class StreamIterator(grain.DatasetIterator):
     B/P], bool[k, B/P])` that never cross the end of an epoch (what
     `jaxscale.data.pipeline.HostSource.epoch` yields, before placement).
 
-    `get_state()` / `set_state()` give and take the step of the next batch; a resumed stream
-    yields exactly the batches the uninterrupted one would have, whatever the worker count,
-    process count or `steps_per_call` of either. Make it with `stream(...)`.
+    `get_state()` / `set_state()` give and take the position of the next batch
+    (`ReadOrder.state`); a resumed stream yields exactly the batches the uninterrupted one
+    would have, whatever the worker count, process count or `steps_per_call` of either. Make
+    it with `stream(...)`.
     """
 
-    def __init__(self, reader: Reader, config: StreamConfig, *, num_epochs: int = 1,
+    def __init__(self, reader: Reader, config: ReadOrder, *, num_epochs: int | None = 1,
                  steps_per_call: int | None = None, options: StreamOptions = StreamOptions(),
                  process_index: int = 0, process_count: int = 1):
         super().__init__()
         self._inner = None
-        if num_epochs < 1:
-            raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+        if num_epochs is not None and num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
         if steps_per_call is not None and steps_per_call < 1:
             raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
         if len(reader) != config.num_examples:
             raise ValueError(f"config.num_examples={config.num_examples} but the reader has "
                              f"{len(reader)} examples")
+        if options.loader == "threads":
+            raise ValueError("a Grain stream reads with Grain: StreamOptions(loader='threads') "
+                             "is pipeline.HostSource's")
         process_rows(np.zeros((config.batch_size,)), process_index=process_index,
                      process_count=process_count)  # the batch splits over the processes
         self.reader, self.config, self.options = reader, config, options
@@ -609,8 +548,8 @@ class StreamIterator(grain.DatasetIterator):
         return self._position % self.steps_per_epoch
 
     @property
-    def total_steps(self) -> int:
-        return self.num_epochs * self.steps_per_epoch
+    def total_steps(self) -> int | float:
+        return math.inf if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
 
     def _pipeline(self):
         # Grain: spans from the current position, read by threads, optionally in worker
@@ -642,6 +581,17 @@ class StreamIterator(grain.DatasetIterator):
         self._position += 1 if self.steps_per_call is None else int(batch.mask.shape[0])
         return batch
 
+    def take(self, steps: int) -> Batch:
+        """The next `steps` single batches (a stream without `steps_per_call`) as one chunk
+        Batch [steps, B/P, ...]."""
+        if self.steps_per_call is not None:
+            raise ValueError("take() stacks single batches: make the stream without "
+                             "steps_per_call")
+        parts = [next(self) for _ in range(steps)]
+        if steps == 1:
+            return Batch(*(x[None] for x in parts[0]))
+        return Batch(*(np.stack(x) for x in zip(*parts)))
+
     def start_prefetch(self) -> None:
         """Starts reading (and the worker processes) before the first `next`."""
         if self._inner is None and self._position < self.total_steps:
@@ -649,24 +599,21 @@ class StreamIterator(grain.DatasetIterator):
             self._inner.start_prefetch()
 
     def get_state(self) -> dict[str, Any]:
-        """JSON-ready step of the next batch, with the config that defines the order."""
-        return dict(epoch=self.epoch, step=self.step, **dataclasses.asdict(self.config))
+        """JSON-ready position of the next batch, with the order's fields
+        (`ReadOrder.state`)."""
+        return self.config.state(self.epoch, self.step)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Resumes at `state["epoch"], state["step"]` (from `get_state`, possibly of a run
-        with other worker, process or steps_per_call counts).
+        with other worker, process or steps_per_call counts, or from a trainer checkpoint).
 
         Raises:
           ValueError: the state was saved for another dataset size, batch size, seed,
             shuffle or drop_remainder, or lies outside this stream's epochs.
         """
-        for key, value in dataclasses.asdict(self.config).items():
-            if state.get(key) != value:
-                raise ValueError(f"the stream state was saved with {key}={state.get(key)!r}, "
-                                 f"this stream has {key}={value!r}")
-        epoch, step = int(state["epoch"]), int(state["step"])
+        epoch, step = self.config.position(state)
         position = epoch * self.steps_per_epoch + step
-        if not 0 <= step < self.steps_per_epoch or not 0 <= position <= self.total_steps:
+        if position > self.total_steps:
             raise ValueError(f"stream state epoch {epoch} step {step} is outside this "
                              f"stream's {self.num_epochs} epochs of {self.steps_per_epoch} "
                              "steps")
@@ -689,18 +636,19 @@ class StreamIterator(grain.DatasetIterator):
 
 
 def stream(reader: Reader, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-           drop_remainder: bool = True, num_epochs: int = 1, steps_per_call: int | None = None,
-           options: StreamOptions = StreamOptions(), process_index: int | None = None,
-           process_count: int | None = None) -> StreamIterator:
+           drop_remainder: bool = True, num_epochs: int | None = 1,
+           steps_per_call: int | None = None, options: StreamOptions = StreamOptions(),
+           process_index: int | None = None, process_count: int | None = None
+           ) -> StreamIterator:
     """The batches of `num_epochs` epochs of `reader` that this process reads, via Grain.
 
     Args:
       reader: a `jaxscale.data.pipeline.Reader` (`ArrayReader`, `RecordReader`,
-        `datasets.RecordSource`, `ImageFileReader`, or your own with `__len__`,
+        `datasets.RecordSource`, `image_files.ImageFileReader`, or your own with `__len__`,
         `image_shape`, `num_classes`, `read(rows)`).
       batch_size: the global batch size B, divisible by the process count.
-      seed, shuffle, drop_remainder: the order (see `StreamConfig`).
-      num_epochs: epochs the iterator runs through before StopIteration.
+      seed, shuffle, drop_remainder: the order (see `ReadOrder`).
+      num_epochs: epochs the iterator runs through before StopIteration; None: no end.
       steps_per_call: None yields single batches; K yields chunks of up to K steps (one
         `reader.read` each), for a compiled step that runs K steps per dispatch.
       options: threads, worker processes and buffers (they never change the batches).
@@ -712,9 +660,151 @@ def stream(reader: Reader, batch_size: int, *, seed: int = 0, shuffle: bool = Tr
       the processes' parts, concatenated, are the 1-process batches.
     """
     index, count = _process(process_index, process_count)
-    config = StreamConfig(len(reader), batch_size, seed, shuffle, drop_remainder)
+    config = ReadOrder(len(reader), batch_size, seed, shuffle, drop_remainder)
     return StreamIterator(reader, config, num_epochs=num_epochs, steps_per_call=steps_per_call,
                           options=options, process_index=index, process_count=count)
+
+
+class GrainSource(HostSource):
+    """`pipeline.HostSource` reading through Grain: one persistent stream per read order.
+
+    Args: as `HostSource` (`options`: worker processes, read threads, buffers).
+
+    The first `epoch(...)` of a read order (seed, batch size, shuffle, drop_remainder) starts
+    a `StreamIterator` there; it then runs on through all epochs (workers start once, and
+    read into the next epoch while this one trains). A request for another position (a
+    resumed run, an epoch cut short by `max_steps`) moves it with `set_state`. Unshuffled
+    epochs are all alike, so an evaluation pass continues the stream instead of restarting
+    it. The chunks are the `chunk_spans` of every call, stacked from single batches, so they
+    equal `HostSource`'s. Call `close()` to stop the threads and workers.
+    """
+
+    loader = "grain"
+
+    def __init__(self, reader, *, placement=None, prefetch: int = 2,
+                 options: StreamOptions | None = None):
+        super().__init__(reader, placement=placement, prefetch=prefetch,
+                         options=options or StreamOptions(loader="grain"))
+        self._streams: dict[ReadOrder, StreamIterator] = {}
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def stream_for(self, order: ReadOrder) -> StreamIterator:
+        """The persistent stream of `order` (made on first use)."""
+        if order not in self._streams:
+            self._streams[order] = StreamIterator(
+                self.reader, order, num_epochs=None, options=self.options,
+                process_index=jax.process_index(), process_count=jax.process_count())
+        return self._streams[order]
+
+    def _span_reader(self, order: ReadOrder, epoch: int, spans: list[tuple[int, int]]):
+        with self._lock:
+            # a newer epoch() supersedes an older one still reading ahead: it stops pulling
+            self._generation += 1
+            generation = self._generation
+            stream = self.stream_for(order)
+            if spans:
+                first = spans[0][0]
+                if stream.step != first or (order.shuffle and stream.epoch != epoch):
+                    stream.set_state(order.state(epoch, first))
+
+        def read(span):
+            with self._lock:
+                if generation != self._generation:
+                    raise RuntimeError("this epoch() was superseded by a newer one of the "
+                                       "same source")
+                return stream.take(span[1] - span[0])
+
+        return read, 1  # one thread: the spans come out of the stream in order
+
+    def close(self) -> None:
+        """Stops every stream's threads and worker processes."""
+        with self._lock:
+            self._generation += 1
+            for stream in self._streams.values():
+                stream.close()
+            self._streams.clear()
+
+
+# --- tfds datasets as raw records in the cache -----------------------------------------------
+
+RECORDS_DIR = "raw_records"
+SHARD_BYTES = 1 << 30  # about 1 GiB of images per record file
+
+
+def _split_folder(split: str) -> str:
+    """A folder name for a tfds split: itself when it is a plain name, else a readable form
+    plus a digest of the exact string ("train[:640]" and "train[640:]" differ)."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", split):
+        return split
+    import hashlib
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_") or "split"
+    return f"{readable}-{hashlib.sha256(split.encode()).hexdigest()[:10]}"
+
+
+def tfds_records(name: str, split: str = "train", *, data_dir: str | Path | None = None,
+                 progress: bool = False) -> RecordReader:
+    """A tfds split as raw uint8 record files, written once into the dataset cache.
+
+    The first call prepares the dataset as `load_dataset` does (`datasets.tfds_builder`:
+    offline from `data_dir`), decodes its images once (tfds' MNIST and CIFAR records hold
+    PNG) and writes them, in `load_dataset`'s order, as `write_records` files under
+    `cache_dir()/raw_records/NAME/VERSION/SPLIT/`; later calls (other processes too) reuse
+    them. A file lock makes concurrent callers write once; the folder is written under a
+    temporary name and renamed when complete.
+
+    Returns:
+      A `RecordReader` with `name` and `split` attributes (as a `Dataset` has).
+
+    Raises:
+      RecordFileError: a cached file is damaged (named, with how to rebuild it).
+      ValueError, DatasetFileError: as `load_dataset`.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds_builder(name, data_dir)
+    info = builder.info
+    if not info.supervised_keys or len(info.supervised_keys) != 2:
+        raise ValueError(f"{name} is not a supervised (image, label) dataset in tfds")
+    image_key, label_key = info.supervised_keys
+    image_shape = tuple(info.features[image_key].shape)
+    if len(image_shape) != 3 or None in image_shape:
+        raise ValueError(f"{name}'s images have shape {image_shape}; records need a fixed "
+                         "[H, W, C]")
+    if info.splits and split.split("[")[0] not in info.splits:
+        raise ValueError(f"{name} has splits {sorted(info.splits)}, got split {split!r}")
+    num_classes = int(info.features[label_key].num_classes)
+    root = cache_dir() / RECORDS_DIR
+    folder = root / name / str(info.version) / _split_folder(split)
+    with file_lock(root / f".{name}.lock"):
+        if not folder.is_dir():
+            def batches():
+                for images, labels in tfds.as_numpy(builder.as_dataset(
+                        split=split, batch_size=4096, as_supervised=True)):
+                    yield images, labels
+
+            try:
+                count = int(info.splits[split].num_examples)
+            except (KeyError, ValueError, TypeError):
+                count = 0
+            if count < 1:  # no split metadata (tfds' mock data): count them first
+                count = sum(len(labels) for _, labels in batches())
+            record_bytes = math.prod(image_shape) + _LABEL.itemsize
+            shards = max(1, min(count, -(-count * record_bytes // SHARD_BYTES)))
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            write_record_batches(partial / f"{name}-{_split_folder(split)}", batches(),
+                                 num_examples=count, image_shape=image_shape,
+                                 num_classes=num_classes, num_shards=shards,
+                                 progress=progress, source=f"tfds {name} {split!r}")
+            os.replace(partial, folder)
+    try:
+        reader = RecordReader(sorted(folder.glob("*.array_record")))
+    except RecordFileError as error:
+        raise RecordFileError(f"{error}; the cached records of {name} {split!r} are damaged: "
+                              f"delete {folder} and they are written again") from error
+    reader.name, reader.split = name, split
+    return reader
 
 
 # --- onto the device -------------------------------------------------------------------------
@@ -827,7 +917,7 @@ def image_batches(reader: Reader, batch_size: int | None = None, *,
     index, count = _process(process_index, process_count)
     if batch_size is None:
         batch_size = count * max(1, auto_batch_size(reader.image_shape))
-    config = StreamConfig(len(reader), batch_size, shuffle=False, drop_remainder=False)
+    config = ReadOrder(len(reader), batch_size, shuffle=False, drop_remainder=False)
     batches = StreamIterator(reader, config, options=options, process_index=index,
                              process_count=count)
     bar = None

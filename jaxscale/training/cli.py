@@ -2,7 +2,10 @@
 
 For example::
 
-    jaxscale train --dataset mnist --model bn_cnn --scaling standardize --augment seed
+    jaxscale train --dataset mnist --model bn_cnn --scaling standardize --augment seed \\
+        --epochs 5 --batch-size 64 --devices all
+    jaxscale train --dataset cifar10 --input streaming        # raw records in the cache
+    jaxscale train --image-folder photos/ --image-size 224 224 --validation-split 0.1
     jaxscale stats --dataset mnist
 """
 
@@ -34,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxscale.augmentation import SEED_RECIPE, keras_keywords
     from jaxscale.scaling import MODES
     from jaxscale.training.config import COMPUTE_DTYPES, OPTIMIZERS, PARALLEL, SCHEDULES
+    from jaxscale.data.pipeline import LOADERS
     from jaxscale.training.loop import INPUTS
     from jaxscale.training.models import MODELS
 
@@ -96,7 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train steps per compiled call on GPU/TPU (lax.scan); same numbers")
     train.add_argument("--input", default="auto", choices=INPUTS,
                        help="resident: the dataset on the device; streaming: read on the "
-                       "host and copied ahead; auto: resident when it fits")
+                       "host and copied ahead (a tfds dataset from raw uint8 record files "
+                       "written once into the cache, an image folder from its files); auto: "
+                       "resident unless its images take more than half a device's memory "
+                       "(image folders stream)")
+    train.add_argument("--image-folder", default=None, metavar="DIR",
+                       help="train on a folder of JPEG/PNG/... files with one subfolder per "
+                       "class (as Keras' flow_from_directory) instead of --dataset")
+    train.add_argument("--image-size", type=int, nargs=2, default=(256, 256),
+                       metavar=("H", "W"), help="with --image-folder: every image is "
+                       "decoded and resized (bilinear) to H x W")
+    train.add_argument("--color-mode", default="rgb", choices=("rgb", "grayscale", "rgba"),
+                       help="with --image-folder: channels to decode to")
+    train.add_argument("--validation-split", type=float, default=0.0,
+                       help="with --image-folder: hold out this fraction of each class "
+                       "folder's sorted files as the test set (as flow_from_directory's "
+                       "subset='validation')")
+    train.add_argument("--loader", default="auto", choices=LOADERS,
+                       help="how streamed batches are read: grain (one persistent Grain "
+                       "iterator), threads (no Grain), auto: grain when installed; the "
+                       "batches are the same")
+    train.add_argument("--stream-workers", type=int, default=0,
+                       help="Grain worker processes reading batches (0: read in this "
+                       "process; they help only when reading holds the GIL)")
+    train.add_argument("--stream-threads", type=int, default=2,
+                       help="threads reading batches in each process")
     train.add_argument("--seed", type=int, default=0,
                        help="seed of initialisation, order, dropout and augmentation")
     train.add_argument("--parallel", default="auto", choices=("auto", *PARALLEL),
@@ -163,9 +191,90 @@ def _load(args, split: str, *, shard: bool = False):
     return datasets.load_dataset(args.dataset, split, data_dir=args.data_dir)
 
 
+def _tfds_image_bytes(args, split: str) -> int | None:
+    """Bytes of a tfds split's uint8 images, from its metadata (None when unknown)."""
+    import math
+
+    import jaxscale.data.datasets as datasets
+    try:
+        info = datasets.tfds_builder(args.dataset, args.data_dir).info
+        image_key = info.supervised_keys[0]
+        return int(info.splits[split].num_examples) * math.prod(
+            info.features[image_key].shape)
+    except (ImportError, KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _tfds_input(args) -> str:
+    """"resident" or "streaming" for --dataset: --input, or for "auto" whether the training
+    images fit on the device (`loop.fits_on_device`, from the tfds metadata)."""
+    if args.input != "auto":
+        return args.input
+    from jaxscale.data.sharding import Placement
+    from jaxscale.training.loop import fits_on_device
+    nbytes = _tfds_image_bytes(args, args.train_split)
+    if nbytes is None or fits_on_device(nbytes, Placement.create("single")):
+        return "resident"
+    return "streaming"
+
+
+def _records(args, split: str):
+    """A tfds split as raw uint8 record files in the cache (written on the first run), or,
+    without grain / tensorflow-datasets, the split loaded into host memory."""
+    try:
+        from jaxscale.data.streaming import tfds_records
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        return _load(args, split)
+    return tfds_records(args.dataset, split, data_dir=args.data_dir,
+                        progress=not args.no_progress)
+
+
+def _image_folder(args):
+    """(train, test or None) from --image-folder: readers of the files (streaming), or
+    with --input resident the decoded images in host memory."""
+    import os
+
+    from jaxscale.data.image_files import ImageFileReader, list_directory, load_image_folder
+    folder, split = args.image_folder, args.validation_split
+    if not 0.0 <= split < 1.0:
+        raise ValueError(f"--validation-split must be in [0, 1), got {split}")
+    size = tuple(args.image_size)
+    if args.input == "resident":
+        options = dict(image_size=size, color_mode=args.color_mode)
+        if not split:
+            return load_image_folder(folder, **options), None
+        return (load_image_folder(folder, validation_split=split, subset="training",
+                                  **options),
+                load_image_folder(folder, validation_split=split, subset="validation",
+                                  **options))
+
+    def reader(part, name):
+        listing = list_directory(folder, split=part)
+        if not listing.filenames:
+            raise ValueError(f"no image files in the class subfolders of {folder!r}"
+                             + (f" for the {name} subset" if part else ""))
+        files = ImageFileReader([os.path.join(folder, f) for f in listing.filenames],
+                                listing.classes, target_size=size,
+                                color_mode=args.color_mode, interpolation="bilinear",
+                                num_classes=len(listing.class_indices))
+        files.name, files.split = os.path.basename(os.path.normpath(folder)), name
+        return files
+
+    if not split:
+        return reader(None, "all"), None
+    return reader((split, 1.0), "training"), reader((0.0, split), "validation")
+
+
+def _shape(data) -> tuple:
+    images = getattr(data, "images", None)
+    return tuple(images.shape) if images is not None else (len(data), *data.image_shape)
+
+
 def run_train(args) -> dict:
     import jax
 
+    from jaxscale.data.pipeline import StreamOptions
     from jaxscale.training.config import TrainConfig
     from jaxscale.training.loop import train
     _initialize(args)
@@ -177,21 +286,29 @@ def run_train(args) -> dict:
         label_smoothing=args.label_smoothing, seed=args.seed, parallel=args.parallel,
         devices=args.devices, compute_dtype=args.compute_dtype,
         steps_per_call=args.steps_per_call, eval_batch_size=args.eval_batch_size)
-    train_data = _load(args, args.train_split)
-    test_data = _load(args, args.test_split) if args.test_split else None
+    options = StreamOptions(loader=args.loader, worker_count=args.stream_workers,
+                            read_threads=args.stream_threads)
+    if args.image_folder is not None:
+        train_data, test_data = _image_folder(args)
+        what, split = args.image_folder, train_data.split
+    else:
+        load = _records if _tfds_input(args) == "streaming" else _load
+        train_data = load(args, args.train_split)
+        test_data = load(args, args.test_split) if args.test_split else None
+        what, split = args.dataset, args.train_split
     out = Path(args.output_dir)
     main_process = jax.process_index() == 0
     if main_process:
-        print(f"jaxscale train: {config.model} on {args.dataset} {args.train_split} "
-              f"{train_data.images.shape}, scaling={args.scaling}, augment={args.augment}",
-              flush=True)
+        print(f"jaxscale train: {config.model} on {what} {split} {_shape(train_data)}, "
+              f"scaling={args.scaling}, augment={args.augment}", flush=True)
     result = train(
         config, train_data, test_data,
         checkpoint_dir=None if args.no_checkpoint else out / "checkpoints",
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         allow_changes=tuple(args.allow_change), metrics_path=out / "metrics.jsonl",
         progress=not args.no_progress, max_steps=args.max_steps, log_every=args.log_every,
-        tensorboard_dir=out / "tb" if args.tensorboard else None, input=args.input)
+        tensorboard_dir=out / "tb" if args.tensorboard else None,
+        input=args.input, stream_options=options)
     last = result.history[-1] if result.history else {}
     summary = {"config": result.config.to_dict(), "input": result.input,
                "steps": int(result.state.step), "final": last, "history": result.history}
@@ -244,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     if getattr(args, "compilation_cache", ""):
         use_compilation_cache(args.compilation_cache)
+    # Our lines once: a library (tfds, grain) may have given the root logger a handler too.
+    logger = logging.getLogger("jaxscale")
+    propagate, logger.propagate = logger.propagate, False
     try:
         if args.command == "train":
             run_train(args)
@@ -252,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"jaxscale {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        logger.propagate = propagate
     return 0
 
 

@@ -26,18 +26,20 @@ import jax
 import numpy as np
 
 from jaxscale.data.pipeline import (
-    ArrayReader,
     HostSource,
+    ReadOrder,
     ResidentSource,
+    StreamOptions,
     as_reader,
     dataset_arrays,
-    steps_per_epoch,
+    read_ahead,
 )
 from jaxscale.data.sharding import Placement, process_shard
-from jaxscale.scaling import ScalingConfig, ScalingParams, scaling_config
+from jaxscale.scaling import ScalingConfig, ScalingParams, fit_scaling, scaling_config
+from jaxscale.statistics import empty_stats_for
 import jaxscale.training.checkpoint as checkpoint
 from jaxscale.training.config import TrainConfig, make_optimizer
-from jaxscale.training.distributed import global_scaling_params
+from jaxscale.training.distributed import global_scaling_params, merge_blocks_in_order
 from jaxscale.training.metrics import MetricsWriter, epoch_line
 from jaxscale.training.runners import Runner, make_runner, resolve_parallel, select_devices
 from jaxscale.training.steps import create_train_state
@@ -47,7 +49,8 @@ logger = logging.getLogger("jaxscale.training")
 INPUTS = ("auto", "resident", "streaming")
 # "auto" keeps a dataset resident while it takes at most this share of a device's memory.
 RESIDENT_SHARE = 0.5
-FIT_BATCH = 4096  # rows per read when fitting the scaling on a streamed dataset
+# The scaling is fitted on fixed blocks of rows of about this many bytes (one read each).
+FIT_BLOCK_BYTES = 64 << 20
 
 
 @dataclasses.dataclass
@@ -89,12 +92,19 @@ def choose_input(data, placement, input: str = "auto") -> str:
     if readable:
         return "streaming"
     images, _ = dataset_arrays(data)
+    return "resident" if fits_on_device(images.nbytes, placement) else "streaming"
+
+
+def fits_on_device(nbytes: int, placement) -> bool:
+    """Whether a dataset of `nbytes` of uint8 images may stay resident: at most
+    `RESIDENT_SHARE` of a device's memory, when the device reports it (else True). Logs the
+    reason when it does not fit."""
     budget = _device_memory(placement.devices[0])
-    if budget is not None and images.nbytes > RESIDENT_SHARE * budget:
-        logger.info("input: streaming (%.1f GB of images > %.0f%% of the device's %.1f GB)",
-                    images.nbytes / 1e9, RESIDENT_SHARE * 100, budget / 1e9)
-        return "streaming"
-    return "resident"
+    if budget is not None and nbytes > RESIDENT_SHARE * budget:
+        logger.info("input: streaming (%.2f GB of images > %.0f%% of the device's %.1f GB)",
+                    nbytes / 1e9, RESIDENT_SHARE * 100, budget / 1e9)
+        return False
+    return True
 
 
 def _device_memory(device) -> int | None:
@@ -105,10 +115,38 @@ def _device_memory(device) -> int | None:
     return None if not stats else stats.get("bytes_limit")
 
 
-def make_source(data, input: str, placement) -> ResidentSource | HostSource:
-    """The source of `data` for `input` ("resident" or "streaming") on `placement`."""
-    return ResidentSource(data, placement=placement) if input == "resident" else HostSource(
-        data, placement=placement)
+def make_source(data, input: str, placement, options: StreamOptions | None = None
+                ) -> ResidentSource | HostSource:
+    """The source of `data` for `input` ("resident" or "streaming") on `placement`.
+
+    Streaming reads through Grain (`jaxscale.data.streaming.GrainSource`, one persistent
+    iterator) when `options.loader` is "grain", or "auto" and grain is importable; else
+    through `HostSource`'s read-ahead threads. Both give the same batches."""
+    if input == "resident":
+        return ResidentSource(data, placement=placement)
+    options = options or StreamOptions()
+    if options.loader != "threads":
+        try:
+            from jaxscale.data.streaming import GrainSource
+        except ImportError:
+            if options.loader == "grain":
+                raise
+            if options.worker_count:
+                raise ValueError(f"worker_count={options.worker_count} needs grain, which is "
+                                 "not importable (Python >= 3.11: pip install "
+                                 "'jaxscale[streaming]')") from None
+        else:
+            return GrainSource(data, placement=placement, options=options)
+    return HostSource(data, placement=placement, options=options)
+
+
+def describe_source(source) -> str:
+    """"resident", or how a host source reads ("streaming (grain, 0 workers, 2 threads)")."""
+    if source.kind == "resident":
+        return "resident"
+    o = source.options
+    workers = f"{o.worker_count} workers, " if source.loader == "grain" else ""
+    return f"streaming ({source.loader}, {workers}{o.read_threads} threads)"
 
 
 def num_classes_of(data) -> int:
@@ -133,18 +171,47 @@ def data_fingerprint(data) -> dict:
 
 def fit_training_scaling(scaling: ScalingConfig, data, *, progress: bool = False
                          ) -> ScalingParams:
-    """`fit_scaling` over the training set, merged over processes: each process fits its
-    `process_shard` of the rows (all rows once), read in file order."""
+    """`fit_scaling` over the training set in one pass, merged over processes, exactly.
+
+    The rows are cut into fixed blocks of about `FIT_BLOCK_BYTES` (the same cut for arrays
+    and readers, and whatever the process count); each process reads its contiguous run of
+    blocks (`process_shard` of the blocks), one `read` per block with the next one read
+    ahead, fits each block on its own and the block statistics are merged in row order
+    (`distributed.merge_blocks_in_order`). So the fitted numbers are the same bits for
+    resident and streamed input and for 1 or P processes. The dataset is never held in
+    host memory (one block or two at a time). `progress` shows a bar on process 0.
+    """
     if not scaling.needs_fit:
         return ScalingParams()
     reader = as_reader(data)
-    shard = process_shard(len(reader), drop_remainder=False)
-    if isinstance(reader, ArrayReader):
-        local = reader.images[shard]
-    else:  # read in batches: the dataset is never held in host memory
-        rows = np.arange(shard.start, shard.stop)
-        local = (reader.read(rows[i:i + FIT_BATCH])[0] for i in range(0, rows.size, FIT_BATCH))
-    return global_scaling_params(scaling, local, progress=progress)
+    image_shape = tuple(reader.image_shape)
+    per_block = max(1, FIT_BLOCK_BYTES // max(1, int(np.prod(image_shape))))
+    starts = range(0, len(reader), per_block)
+    mine = [(start, min(start + per_block, len(reader))) for start in
+            starts[process_shard(len(starts), drop_remainder=False)]]
+    bar = None
+    if progress and jax.process_index() == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(b - a for a, b in mine), desc="fit scaling", unit="img")
+
+    def read(block):
+        images = np.asarray(reader.read(np.arange(*block))[0])
+        if bar is not None:
+            bar.update(len(images))
+        return images
+
+    try:
+        if scaling.zca_whitening:  # its co-moments do not merge: one fold over the blocks
+            return global_scaling_params(scaling, read_ahead(read, mine, 1))
+        blocks = [fit_scaling(scaling, images).stats for images in read_ahead(read, mine, 1)]
+    finally:
+        if bar is not None:
+            bar.close()
+    stats = merge_blocks_in_order(blocks, empty_stats_for(image_shape,
+                                                          scope=scaling.statistics_scope))
+    return ScalingParams(mean=stats.mean if scaling.featurewise_center else None,
+                         std=stats.std if scaling.featurewise_std_normalization else None,
+                         stats=stats)
 
 
 @dataclasses.dataclass
@@ -157,23 +224,28 @@ class _Run:
     test_source: Any
     scaling: ScalingConfig
     scaling_params: ScalingParams
-    steps_per_epoch: int
+    order: ReadOrder
     total_steps: int
     input: str
     data: dict
     tx: Any
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.order.steps_per_epoch
+
 
 def _setup(config: TrainConfig, train_data, test_data, *, input: str,
            scaling_params: ScalingParams | None, max_steps: int | None,
-           checkpoint_dir, resume: bool, progress: bool) -> _Run:
+           checkpoint_dir, resume: bool, progress: bool,
+           stream_options: StreamOptions | None) -> _Run:
     kind = resolve_parallel(config.parallel, config.devices)
     config = config.replace(parallel=kind)
     if jax.process_count() > 1 and kind != "mesh":
         raise ValueError("a run over several processes needs parallel='mesh' (or 'auto')")
     placement = _placement(kind, config.devices)
     chosen = choose_input(train_data, placement, input)
-    source = make_source(train_data, chosen, placement)
+    source = make_source(train_data, chosen, placement, stream_options)
     if source.num_examples < config.batch_size:
         raise ValueError(f"{source.num_examples} training images < batch_size "
                          f"{config.batch_size}")
@@ -182,7 +254,7 @@ def _setup(config: TrainConfig, train_data, test_data, *, input: str,
         # a streamed run streams its test set too; a resident one keeps it resident if it can
         test_input = choose_input(test_data, placement,
                                   "streaming" if chosen == "streaming" else "auto")
-        test_source = make_source(test_data, test_input, placement)
+        test_source = make_source(test_data, test_input, placement, stream_options)
         if test_source.image_shape != source.image_shape:
             raise ValueError(f"test images {test_source.image_shape} differ from training "
                              f"images {source.image_shape}")
@@ -191,18 +263,20 @@ def _setup(config: TrainConfig, train_data, test_data, *, input: str,
         scaling_params = _saved_scaling(checkpoint_dir, scaling)
     if scaling_params is None:
         scaling_params = fit_training_scaling(scaling, train_data, progress=progress)
-    per_epoch = steps_per_epoch(source.num_examples, config.batch_size, drop_remainder=True)
-    total = per_epoch * config.epochs
+    # the trainer's order: shuffled every epoch, the last partial batch dropped
+    order = ReadOrder(source.num_examples, config.batch_size, config.seed, shuffle=True,
+                      drop_remainder=True)
+    total = order.steps_per_epoch * config.epochs
     tx = make_optimizer(config, total)
     runner = make_runner(kind, config, tx, scaling, scaling_params,
                          num_classes=num_classes_of(train_data),
                          devices=list(placement.devices), train_take=source.take,
                          eval_take=test_source.take if test_source else ResidentSource.take)
-    logger.info("input: %s, %d examples of %s; parallel=%s over %d %s device(s)", chosen,
-                source.num_examples, source.image_shape, kind, placement.count,
-                placement.devices[0].platform)
+    logger.info("input: %s, %d examples of %s; parallel=%s over %d %s device(s)",
+                describe_source(source), source.num_examples, source.image_shape, kind,
+                placement.count, placement.devices[0].platform)
     return _Run(config=config, runner=runner, source=source, test_source=test_source,
-                scaling=scaling, scaling_params=scaling_params, steps_per_epoch=per_epoch,
+                scaling=scaling, scaling_params=scaling_params, order=order,
                 total_steps=total if max_steps is None else min(total, max_steps),
                 input=chosen, data=data_fingerprint(train_data), tx=tx)
 
@@ -267,12 +341,32 @@ def _restore(run: _Run, host_state, checkpoint_dir, allow_changes: tuple[str, ..
             "output directory, or allow the change explicitly (allow_changes / "
             "--allow-change FIELD) if you mean it.")
     step = int(np.asarray(state.step))
+    saved_iterator = meta.get("data_iterator")
+    if saved_iterator is not None and not {"batch_size", "seed", "data"} & set(allow_changes):
+        step = _iterator_step(run, path, saved_iterator, step)
     sums = meta.get("epoch_sums")
     # finished epochs only: a partial record (a run stopped by max_steps) is superseded
     history = [h for h in meta.get("history", [])
                if h["step"] <= step and h["step"] % run.steps_per_epoch == 0]
     logger.info("resuming from %s (step %d)", path, step)
     return state, _Progress(step=step, history=history, sums=sums)
+
+
+def _iterator_step(run: _Run, path, saved: dict, step: int) -> int:
+    """The global step at which the saved data iterator state resumes reading, checked
+    against the run's order and the train state's step."""
+    if "step_in_epoch" in saved and "step" not in saved:  # saved before the state had a
+        saved = dict(dataclasses.asdict(run.order), **saved, step=saved["step_in_epoch"])
+    try:
+        epoch, in_epoch = run.order.position(saved)
+    except ValueError as error:
+        raise ValueError(f"--resume: {path} cannot continue this run's input: {error}") from None
+    resumes = epoch * run.steps_per_epoch + in_epoch
+    if resumes != step:
+        raise ValueError(f"--resume: {path} is inconsistent: its data iterator resumes at "
+                         f"epoch {epoch} step {in_epoch} (global step {resumes}), its train "
+                         f"state is at step {step}")
+    return resumes
 
 
 # -------------------------------------------------------------------------------- the epoch
@@ -317,7 +411,8 @@ def train(config: TrainConfig, train_data, test_data=None, *,
           resume: bool = False, allow_changes: tuple[str, ...] = (),
           metrics_path: str | Path | None = None, progress: bool = False,
           max_steps: int | None = None, log_every: int = 50,
-          tensorboard_dir: str | Path | None = None, input: str = "auto") -> TrainResult:
+          tensorboard_dir: str | Path | None = None, input: str = "auto",
+          stream_options: StreamOptions | None = None) -> TrainResult:
     """Trains `config.model` on uint8 images: resident on the device(s), or streamed.
 
     Args:
@@ -343,13 +438,28 @@ def train(config: TrainConfig, train_data, test_data=None, *,
       log_every: steps between progress/metric updates (each one reads the device).
       tensorboard_dir: also write TensorBoard scalars here (needs tensorflow).
       input: "resident", "streaming" or "auto" (see `choose_input`); the numbers are the same.
+      stream_options: how a streamed input is read (`StreamOptions`: Grain or threads,
+        worker processes, read threads); never changes the batches.
 
     Returns:
       TrainResult.
     """
     run = _setup(config, train_data, test_data, input=input, scaling_params=scaling_params,
                  max_steps=max_steps, checkpoint_dir=checkpoint_dir, resume=resume,
-                 progress=progress)
+                 progress=progress, stream_options=stream_options)
+    try:
+        return _train(run, checkpoint_dir=checkpoint_dir,
+                      checkpoint_every=checkpoint_every, resume=resume,
+                      allow_changes=allow_changes, metrics_path=metrics_path,
+                      progress=progress, log_every=log_every, tensorboard_dir=tensorboard_dir)
+    finally:
+        for source in (run.source, run.test_source):
+            if source is not None:
+                source.close()
+
+
+def _train(run: _Run, *, checkpoint_dir, checkpoint_every, resume, allow_changes,
+           metrics_path, progress, log_every, tensorboard_dir) -> TrainResult:
     config, runner = run.config, run.runner
     host_state = create_train_state(runner.model, run.tx, run.source.image_shape,
                                     jax.random.fold_in(jax.random.PRNGKey(config.seed),
@@ -379,6 +489,11 @@ def train(config: TrainConfig, train_data, test_data=None, *,
                                              checkpoint_every=checkpoint_every,
                                              log_every=log_every)
         saver.save(state, None if step % run.steps_per_epoch == 0 else sums, step)
+        if checkpoint_dir is not None and jax.process_count() > 1:
+            # Process 0 alone writes; the others return once it is on disk, so a resume that
+            # follows (in this job) finds it complete on every process, not one step behind.
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("jaxscale train: checkpoint written")
     finally:
         log.close()
     return TrainResult(state=runner.get_state(state), history=position.history,
@@ -440,10 +555,11 @@ class _Saver:
             return
         run = self.run
         epoch = step // run.steps_per_epoch
+        # the input's position, saved with the train state it belongs to: the state a Grain
+        # stream takes (set_state), the same for resident and streamed input
         meta = {"config": run.config.to_dict(), "data": run.data, "history": self.history,
                 "epoch_sums": None if sums is None else _host_floats(sums),
-                "data_iterator": {"seed": run.config.seed, "epoch": epoch,
-                                  "step_in_epoch": step - epoch * run.steps_per_epoch}}
+                "data_iterator": run.order.state(epoch, step - epoch * run.steps_per_epoch)}
         checkpoint.save_checkpoint(self.directory, run.runner.get_state(state), meta=meta,
                                    scaling=(run.scaling, run.scaling_params))
 
