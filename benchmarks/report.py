@@ -2,7 +2,7 @@
 
 Rows are flat dicts with at least `bench` and `name`; the figures a row may carry are
 `images_per_s`, `keras_images_per_s` or `peer_images_per_s`, `ratio`, `gb_per_s`,
-`roofline_fraction`, `overhead_pct`, `spread`, and `status`/`why` for rows that could not run.
+`roofline_fraction` (with `bound`), `gflop_per_s`, `overhead_pct`, `spread`, and `status`/`why` for rows that could not run.
 """
 
 from __future__ import annotations
@@ -49,14 +49,23 @@ def format_table(rows: Iterable[dict]) -> str:
                          f"{_number(row.get('spread'), '7.0%'):>7} {'':>12} {'':>8} "
                          f"{_number(row.get('gb_per_s'), '8.2f'):>8} {'100%':>8}")
             continue
+        if row.get("name") == "compute_roofline":
+            lines.append(f"{row['bench']:<9} {row['name']:<26} {'':>13} "
+                         f"{_number(row.get('spread'), '7.0%'):>7} "
+                         f"{_number(row.get('gflop_per_s'), ',.0f') + ' GFLOP/s':>21} "
+                         f"{'':>8} {'100%':>8}")
+            continue
         overhead = row.get("overhead_pct")
         lines.append(
             f"{row['bench']:<9} {row['name']:<26} {_number(row.get('images_per_s'), '13,.0f')} "
             f"{_number(row.get('spread'), '7.0%'):>7} {_number(_peer_rate(row), '12,.0f')} "
             f"{_number(row.get('ratio'), '7.1f') + ('x' if row.get('ratio') else ''):>8} "
             f"{_number(row.get('gb_per_s'), '8.2f'):>8} "
-            f"{_number(row.get('roofline_fraction'), '8.0%'):>8} "
+            f"{_number(row.get('roofline_fraction'), '7.0%') + ('c' if row.get('bound') == 'compute' else ' '):>8} "
             f"{_number(overhead, '+8.1f') + ('%' if overhead is not None else ''):>9}")
+    if any(row.get("bound") == "compute" for row in rows):
+        lines.append("roofline: fraction of the memory bandwidth roofline; c: of the compute "
+                     "roofline (the bound that applies)")
     return "\n".join(lines)
 
 

@@ -3,8 +3,8 @@
     python -m benchmarks.run [--quick] [--out DIR] [--data-dir DIR] [--only stats,scaling]
 
 Sections (each a module of this package): stats (dataset statistics vs NumPy / Keras `fit`),
-scaling (scaling alone vs Keras `flow`, GB/s against the measured copy roofline), train (the BN
-CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs Keras'
+scaling (scaling alone vs Keras `flow`, as a fraction of the measured memory or compute
+roofline), train (the BN CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs Keras'
 `flow`, and its share of the train step) and pipeline (device-resident vs streaming input). A
 section that fails is reported as n/a with why, and the others still run.
 
@@ -78,7 +78,7 @@ def settings(quick: bool) -> dict:
     if quick:
         return {"stats": {"repeats": 3, "modes": ("standardize",)},
                 "scaling": {"batch_size": 2048, "buffers": 4, "repeats": 3,
-                            "keras_batches": 2},
+                            "keras_batches": 2, "roofline_repeats": 10},
                 "train": {"steps": 5, "warmup": 1, "modes": ("none", "standardize")},
                 "augment": {"buffers": 2, "repeats": 3, "flow_batches": 3, "keras_batches": 2,
                             "fused_batch_sizes": (64,), "fused_rounds": 3},
