@@ -1,0 +1,463 @@
+"""`make speedrun`: wall time to 99.0 % and 99.5 % MNIST test accuracy, ours against PyTorch
+and Keras 3 running the same recipe in the same run.
+
+    python -m benchmarks.speedrun [--seeds 5] [--recipes speedrun99,speedrun995]
+                                  [--peers torch,torch_compile,keras] [--split test|validation]
+
+Every run of one recipe with one seed is a fresh process, timed from the moment it is spawned:
+interpreter start, imports, reading MNIST, compiling, training, evaluating. Runs are
+interleaved (ours seed 0, torch seed 0, keras seed 0, ours seed 1, ...), so on a shared host
+every system sees the same load. Our runs share one persistent XLA compilation cache made
+fresh for this invocation: the first run of each recipe compiles cold, the later ones find
+its programs in the cache (both compile times are reported).
+
+The recipe trains a fixed number of epochs (its schedule depends on it) and the time to target
+is the time at which the last epoch's test evaluation is done; the test accuracy after each
+epoch is drawn in the chart, but nothing is stopped or chosen by it. Recipes were chosen on a
+validation split (`--split validation`: train on train[10000:], evaluate on train[:10000]),
+see docs/speedrun.md.
+
+Writes benchmarks/results/speedrun.json (+ a timestamped copy) and speedrun.png, and prints a
+table. `python -m benchmarks.speedrun --worker jax --recipe speedrun99 --seed 0` runs one
+seed in this process and prints its JSON line.
+"""
+
+from __future__ import annotations
+
+import time
+
+_SPAWNED = time.time()  # replaced by --t0 when the parent gives the moment it spawned us
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PEERS = ("torch", "torch_compile", "keras")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+VALIDATION_SIZE = 10000
+
+
+# --------------------------------------------------------------------------------------------
+# Data (every worker: ours and the peers read the same arrays the same way)
+# --------------------------------------------------------------------------------------------
+
+def load_split(split: str, data_dir: str | Path | None = None, npz: str | None = None):
+    """(train_images uint8[N,28,28,1], train_labels int32[N], eval_images, eval_labels).
+
+    split "test": the 60,000 training images, evaluated on the 10,000 test images.
+    split "validation": train[10000:] (50,000), evaluated on train[:10000] (Keras'
+    validation_split convention: the held-out part is the start).
+    npz: a file written by `save_split` (the driver reads MNIST once and every worker, ours
+    and the peers', reads this with NumPy alone, so no worker pays for importing another
+    framework's reader).
+    """
+    import numpy as np
+
+    if npz:
+        with np.load(npz) as arrays:
+            return tuple(arrays[name] for name in SPLIT_ARRAYS)
+    from jaxscale.datasets import load_dataset
+
+    folder = data_dir or os.environ.get("JAXSCALE_DATA_DIR") or DEFAULT_DATA
+    train = load_dataset("mnist", "train", source="raw", data_dir=folder)
+    images, labels = train.images, train.labels.astype(np.int32)
+    if split == "validation":
+        return (images[VALIDATION_SIZE:], labels[VALIDATION_SIZE:],
+                images[:VALIDATION_SIZE], labels[:VALIDATION_SIZE])
+    if split != "test":
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    test = load_dataset("mnist", "test", source="raw", data_dir=folder)
+    return images, labels, test.images, test.labels.astype(np.int32)
+
+
+SPLIT_ARRAYS = ("train_images", "train_labels", "eval_images", "eval_labels")
+
+
+def save_split(path: str | Path, split: str, data_dir=None) -> Path:
+    """Writes `load_split(split, data_dir)` to an uncompressed .npz for the workers."""
+    import numpy as np
+
+    np.savez(path, **dict(zip(SPLIT_ARRAYS, load_split(split, data_dir))))
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Our worker
+# --------------------------------------------------------------------------------------------
+
+def run_jax(recipe: str, seed: int, *, split: str = "test", t0: float | None = None,
+            cache_dir: str | None = None, data_dir=None, npz: str | None = None,
+            epochs: int | None = None) -> dict:
+    """Trains one recipe with one seed; returns the run's record (see `main`'s JSON).
+
+    `phases` in the record: seconds since t0 at which imports, data loading, the initial
+    state and compilation were done.
+    """
+    t0 = _SPAWNED if t0 is None else t0
+    phases = {}
+    import dataclasses
+    import functools
+
+    import jax
+    import numpy as np
+
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from jaxscale.compiler_options import step_compiler_options
+    from jaxscale.host_allocator import tune_host_allocator
+
+    tune_host_allocator()
+    from benchmarks import speedrun_recipe as sr
+
+    phases["imports"] = time.time() - t0
+    config = sr.RECIPES[recipe]
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
+    train_x, train_y, eval_x, eval_y = load_split(split, data_dir, npz)
+    images, labels = jax.device_put(train_x), jax.device_put(train_y)
+    test_images, test_labels = jax.device_put(eval_x), jax.device_put(eval_y)
+    phases["data"] = time.time() - t0
+    n = len(train_y)
+    per_epoch = config.steps_per_epoch(n)
+    total = config.total_steps(n)
+    k = config.steps_per_dispatch or per_epoch
+    if per_epoch % k:
+        raise ValueError(f"steps_per_dispatch {k} does not divide the {per_epoch} steps of "
+                         f"an epoch")
+    options = step_compiler_options(jax.devices())
+
+    compile_start = time.time()
+    state = sr.init_state_jit(config, seed, train_x.shape[1:], total_steps=total)
+    key = sr.step_key(seed)
+    train = jax.jit(functools.partial(sr.train_steps, config, total), donate_argnums=0,
+                    compiler_options=options).lower(
+        state, images, labels, np.zeros((k, config.batch_size), np.int32), key).compile()
+    evaluate = jax.jit(functools.partial(sr.evaluate, config), compiler_options=options).lower(
+        state.params, state.batch_stats, test_images, test_labels).compile()
+    rows = sr.epoch_rows(seed, 0, n, config.batch_size)
+    jax.block_until_ready(state)
+    compile_s = time.time() - compile_start
+    phases["compiled"] = time.time() - t0
+
+    curve = []
+    train_s = eval_s = 0.0
+    for epoch in range(config.epochs):
+        epoch_start = time.time()
+        if epoch:
+            rows = sr.epoch_rows(seed, epoch, n, config.batch_size)
+        for start in range(0, per_epoch, k):
+            state, _ = train(state, images, labels, rows[start:start + k], key)
+        jax.block_until_ready(state)  # one wait per epoch, to time training and evaluation apart
+        eval_start = time.time()
+        correct = int(evaluate(state.params, state.batch_stats, test_images, test_labels))
+        now = time.time()
+        train_s += eval_start - epoch_start
+        eval_s += now - eval_start
+        curve.append({"epoch": epoch + 1, "seconds": now - t0,
+                      "accuracy": correct / len(eval_y)})
+    return {"system": "jaxscale", "recipe": recipe, "seed": seed, "split": split,
+            "accuracy": curve[-1]["accuracy"], "time_to_end_s": curve[-1]["seconds"],
+            "compile_s": compile_s, "phases": phases, "train_s": train_s, "eval_s": eval_s,
+            "images_per_s": total * config.batch_size / train_s, "curve": curve,
+            "steps_per_dispatch": k, "versions": {"jax": jax.__version__}}
+
+
+def worker_main(args) -> None:
+    """One seed in this process; the record as one JSON line on stdout."""
+    if args.worker == "jax":
+        record = run_jax(args.recipe, args.seed, split=args.split, t0=args.t0,
+                         cache_dir=args.cache_dir, data_dir=args.data_dir, npz=args.data_npz,
+                         epochs=args.epochs)
+    elif args.worker in ("torch", "torch_compile"):
+        from benchmarks import speedrun_torch
+        record = speedrun_torch.run(args.recipe, args.seed, split=args.split,
+                                    t0=args.t0 or _SPAWNED, data_dir=args.data_dir,
+                                    npz=args.data_npz, compile=args.worker == "torch_compile",
+                                    epochs=args.epochs)
+    elif args.worker == "keras":
+        from benchmarks import speedrun_keras
+        record = speedrun_keras.run(args.recipe, args.seed, split=args.split,
+                                    t0=args.t0 or _SPAWNED, data_dir=args.data_dir,
+                                    npz=args.data_npz, epochs=args.epochs)
+    else:
+        raise SystemExit(f"unknown worker {args.worker!r}")
+    print("RECORD " + json.dumps(record), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The driver: interleaved fresh processes, the table, the JSON, the chart
+# --------------------------------------------------------------------------------------------
+
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+              "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def peer_available(peer: str) -> str | None:
+    """None when the peer can run here, else why not (one line)."""
+    if peer in ("torch", "torch_compile"):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return "torch is not installed (`make speedrun` installs the CPU wheel on demand)"
+        if peer == "torch_compile" and shutil.which(os.environ.get("CXX", "g++")) is None:
+            return "torch.compile needs a C++ compiler (none found)"
+        return None
+    if peer == "keras":
+        try:
+            import keras  # noqa: F401
+        except ImportError:
+            return "keras is not installed (the `keras` extra)"
+        return None
+    return f"unknown peer {peer!r}"
+
+
+def spawn(worker: str, recipe: str, seed: int, *, split: str, cache_dir: str | None,
+          data_dir, npz: str | None, epochs: int | None, timeout_s: float) -> dict:
+    """Runs one seed in a fresh process; returns its record, or {"status": "failed", ...}."""
+    command = [sys.executable, "-m", "benchmarks.speedrun", "--worker", worker,
+               "--recipe", recipe, "--seed", str(seed), "--split", split]
+    if cache_dir:
+        command += ["--cache-dir", cache_dir]
+    if data_dir:
+        command += ["--data-dir", str(data_dir)]
+    if npz:
+        command += ["--data-npz", str(npz)]
+    if epochs is not None:
+        command += ["--epochs", str(epochs)]
+    # glibc's malloc tunables as the environment sets them: what `tune_host_allocator` sets
+    # with mallopt in our process, given to the peers too (they do not import jaxscale)
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", **MALLOC_ENV,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH")])))
+    t0 = time.time()
+    try:
+        done = subprocess.run(command + ["--t0", repr(t0)], capture_output=True, text=True,
+                              env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"system": worker, "recipe": recipe, "seed": seed, "status": "failed",
+                "why": f"timed out after {timeout_s:.0f} s"}
+    for line in done.stdout.splitlines():
+        if line.startswith("RECORD "):
+            record = json.loads(line[len("RECORD "):])
+            record["process_s"] = time.time() - t0
+            return record
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return {"system": worker, "recipe": recipe, "seed": seed, "status": "failed",
+            "why": f"exit {done.returncode}: {' | '.join(tail)}"}
+
+
+def summarize(records: list[dict], recipes) -> list[dict]:
+    """One row per (recipe, system): mean/min accuracy, mean time to the end, compile."""
+    rows = []
+    for recipe in recipes:
+        systems = dict.fromkeys(r["system"] for r in records if r["recipe"] == recipe)
+        for system in systems:
+            runs = [r for r in records if r["recipe"] == recipe and r["system"] == system
+                    and r.get("status") != "failed"]
+            failed = [r for r in records if r["recipe"] == recipe and r["system"] == system
+                      and r.get("status") == "failed"]
+            if not runs:
+                rows.append({"recipe": recipe, "system": system, "status": "n/a",
+                             "why": failed[0]["why"] if failed else "no runs"})
+                continue
+            times = [r["time_to_end_s"] for r in runs]
+            accs = [r["accuracy"] for r in runs]
+            rows.append({"recipe": recipe, "system": system, "seeds": len(runs),
+                         "failed": len(failed), "accuracy_mean": statistics.mean(accs),
+                         "accuracy_min": min(accs), "time_mean_s": statistics.mean(times),
+                         "time_max_s": max(times),
+                         "compile_mean_s": statistics.mean(r["compile_s"] for r in runs),
+                         "images_per_s_mean": statistics.mean(r["images_per_s"] for r in runs)})
+    for row in rows:
+        ours = next((r for r in rows if r["recipe"] == row["recipe"]
+                     and r["system"] == "jaxscale" and "time_mean_s" in r), None)
+        if ours and "time_mean_s" in row:
+            row["ours_speedup"] = row["time_mean_s"] / ours["time_mean_s"]
+    return rows
+
+
+def format_records(records: list[dict]) -> str:
+    header = (f"{'recipe':<12} {'system':<14} {'seed':>4} {'accuracy':>9} {'time to end':>12} "
+              f"{'compile':>8} {'img/s':>8}  cache")
+    lines = [header, "-" * len(header)]
+    for r in records:
+        if r.get("status") == "failed":
+            lines.append(f"{r['recipe']:<12} {r['system']:<14} {r['seed']:>4}  failed: {r['why']}")
+            continue
+        lines.append(f"{r['recipe']:<12} {r['system']:<14} {r['seed']:>4} "
+                     f"{100 * r['accuracy']:>8.2f}% {r['time_to_end_s']:>11.1f}s "
+                     f"{r['compile_s']:>7.1f}s {r['images_per_s']:>8,.0f}  {r.get('cache', '')}")
+    return "\n".join(lines)
+
+
+def format_summary(rows: list[dict]) -> str:
+    header = (f"{'recipe':<12} {'system':<14} {'seeds':>5} {'mean acc':>9} {'min acc':>8} "
+              f"{'mean time':>10} {'max time':>9} {'compile':>8} {'vs ours':>8}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        if r.get("status") == "n/a":
+            lines.append(f"{r['recipe']:<12} {r['system']:<14}   n/a  {r['why']}")
+            continue
+        lines.append(f"{r['recipe']:<12} {r['system']:<14} {r['seeds']:>5} "
+                     f"{100 * r['accuracy_mean']:>8.2f}% {100 * r['accuracy_min']:>7.2f}% "
+                     f"{r['time_mean_s']:>9.1f}s {r['time_max_s']:>8.1f}s "
+                     f"{r['compile_mean_s']:>7.1f}s {r.get('ours_speedup', 1.0):>7.2f}x")
+    return "\n".join(lines)
+
+
+def write_chart(path: Path, records: list[dict], recipes, title: str) -> Path | None:
+    """Accuracy against wall time since process start, one line per run, a panel per recipe."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import speedrun_recipe as sr
+
+    colors = {"jaxscale": "#1f77b4", "torch": "#d62728", "torch_compile": "#ff7f0e",
+              "keras": "#2ca02c"}
+    figure, panels = plt.subplots(1, len(recipes), figsize=(6 * len(recipes), 4.2),
+                                  squeeze=False)
+    for panel, recipe in zip(panels[0], recipes):
+        target = sr.RECIPES[recipe].target
+        labelled = set()
+        for r in records:
+            if r["recipe"] != recipe or r.get("status") == "failed":
+                continue
+            seconds = [0.0] + [p["seconds"] for p in r["curve"]]
+            accuracy = [None] + [100 * p["accuracy"] for p in r["curve"]]
+            label = None if r["system"] in labelled else r["system"]
+            labelled.add(r["system"])
+            panel.plot(seconds[1:], accuracy[1:], marker="o", ms=3, lw=1,
+                       color=colors.get(r["system"], "gray"), label=label, alpha=0.8)
+        panel.axhline(100 * target, color="black", lw=0.8, ls="--")
+        panel.set_title(f"{recipe} (target {100 * target:.1f} %)", fontsize=9)
+        panel.set_xlabel("seconds since process start (incl. imports, data, compile)")
+        panel.set_ylabel("test accuracy after each epoch (%)")
+        panel.set_ylim(max(95.0, 100 * target - 2.5), 100.0)
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=8, loc="lower right")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speedrun", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per recipe and system")
+    parser.add_argument("--recipes", default="speedrun99,speedrun995")
+    parser.add_argument("--peers", default="torch,torch_compile,keras",
+                        help="comma-separated peers, '' for none (default: %(default)s)")
+    parser.add_argument("--peer-seeds", default="",
+                        help="seeds per peer and recipe, e.g. 'speedrun995=1' (default: all)")
+    parser.add_argument("--split", default="test", choices=("test", "validation"))
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="override (smoke tests)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--timeout", type=float, default=400.0, help="seconds per run")
+    # worker mode
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", default="speedrun99", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data-npz", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return {}
+    from benchmarks import run as bench_run
+    from benchmarks import report
+    from benchmarks import speedrun_recipe as sr
+
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = sorted(set(recipes) - set(sr.RECIPES))
+    if unknown:
+        raise SystemExit(f"unknown recipes {unknown}; known: {sorted(sr.RECIPES)}")
+    peers, skipped = [], {}
+    for peer in [p.strip() for p in args.peers.split(",") if p.strip()]:
+        why = peer_available(peer)
+        if why:
+            skipped[peer] = why
+            print(f"peer {peer} skipped: {why}", flush=True)
+        else:
+            peers.append(peer)
+    peer_seeds = dict(item.split("=") for item in args.peer_seeds.split(",") if item)
+    started = time.time()
+    scratch = tempfile.mkdtemp(prefix="jaxscale-speedrun-")
+    cache_dir = os.path.join(scratch, "xla-cache")
+    npz = save_split(os.path.join(scratch, "mnist.npz"), args.split, args.data_dir)
+    records = []
+    try:
+        for recipe in recipes:
+            cold = True
+            for seed in range(args.seeds):
+                for system in ["jax", *peers]:
+                    if system != "jax" and seed >= int(peer_seeds.get(recipe, args.seeds)):
+                        continue
+                    record = spawn(system, recipe, seed, split=args.split,
+                                   cache_dir=cache_dir if system == "jax" else None,
+                                   data_dir=args.data_dir, npz=npz, epochs=args.epochs,
+                                   timeout_s=args.timeout)
+                    if system == "jax":
+                        record["cache"] = "cold" if cold else "warm"
+                        cold = False
+                    records.append(record)
+                    print(format_records([record]).splitlines()[-1], flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    rows = summarize(records, recipes)
+    meta = bench_run.run_metadata(f"mnist ({args.split} split)", quick=False)
+    meta.update({"total_seconds": time.time() - started, "peers_skipped": skipped,
+                 "recipes": {name: _config_dict(sr.RECIPES[name]) for name in recipes},
+                 "torch": _version_of("torch"), "split": args.split,
+                 "load_average_after": os.getloadavg()})
+    print("\n" + format_records(records) + "\n\n" + format_summary(rows), flush=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    suffix = "" if args.split == "test" else "-validation"
+    json_path = report.write_json(args.out / f"speedrun{suffix}.json", meta,
+                                  rows + [{"run": r} for r in records])
+    report.write_json(args.out / f"speedrun{suffix}-{stamp}.json", meta,
+                      rows + [{"run": r} for r in records])
+    chart = write_chart(args.out / f"speedrun{suffix}.png", records, recipes,
+                        title=f"MNIST speedrun, {meta['cpu_model']} x{meta['host_cpus']}, "
+                              f"{args.split} split, {meta['time_utc']}")
+    print(f"\n{meta['total_seconds']:.0f} s; wrote {json_path}"
+          + (f" and {chart}" if chart else " (no chart: matplotlib missing)"), flush=True)
+    return {"meta": meta, "rows": rows, "records": records, "json": json_path, "chart": chart}
+
+
+def _config_dict(config) -> dict:
+    import dataclasses
+    return dataclasses.asdict(config)
+
+
+def _version_of(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
