@@ -1,16 +1,15 @@
-"""Batches per second of the device-resident input pipeline vs the streaming one.
+"""Batches per second of the device-resident input pipeline vs the host-streamed one.
 
 Every path produces the same batches (same seed) and does the same work per batch: gather the
 rows of a uint8 MNIST-shaped dataset, scale them with `standardize` (featurewise mean/std) and
-reduce the float32 batch to one number, so nothing is optimised away. The paths:
+reduce the float32 batch to one number, so nothing is optimised away. The paths, all through
+`jaxscale.data.pipeline` (the trainer's own data path):
 
-- resident/scan: a whole epoch in one jitted `lax.scan` (gather + scale per step on device);
-- resident/fused-step: one jitted call per batch that gathers and scales (what a training
-  loop with `take_batch` inside its step does);
-- resident/loop: `resident_batches` (one jitted gather per batch) then a jitted scale;
-- streaming: `stream_batches` (host gather, copy to device with prefetch) then a jitted scale;
-- streaming/records: the same from tfds ArrayRecord files on disk (`load_data_source`, real
-  MNIST with tensorflow-datasets only), timed on its first RECORD_STEPS batches.
+- resident/scan: `ResidentSource`, the whole epoch as one chunk (one dispatch, `lax.scan`);
+- resident/step: `ResidentSource`, one chunk of one step per dispatch;
+- host: `HostSource` over the in-memory arrays (host gather, copy to device with prefetch);
+- host/records: the same from tfds ArrayRecord files on disk (`load_data_source`, real MNIST
+  with tensorflow-datasets only), timed on its first RECORD_STEPS batches.
 
 `make bench` passes the images it loaded (real MNIST when its files are found, else synthetic
 ones of the same shape; the `data` column says which). Each path is timed over whole epochs
@@ -29,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.timing import measure
-from jaxscale import pipeline, scaling
-from jaxscale.datasets import Dataset, load_data_source
+from jaxscale import scaling
+from jaxscale.data.pipeline import HostSource, ResidentSource, steps_per_epoch
+from jaxscale.data.datasets import Dataset, load_data_source
 
 BATCH_SIZE = 128
 SEED = 0
@@ -64,61 +64,44 @@ def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given",
     label = source
     config = scaling.scaling_config("standardize")
     params = scaling.fit_scaling(config, data.images)
-    device_data = pipeline.put_on_device(data)
     n = len(data)
-    indices, mask = pipeline.epoch_indices(pipeline.epoch_key(SEED, 0), n, BATCH_SIZE)
-    steps = int(indices.shape[0])
+    steps = steps_per_epoch(n, BATCH_SIZE, drop_remainder=False)
+    resident, host = ResidentSource(data), HostSource(data, prefetch=2)
 
     def reduce_batch(batch):
         scaled = scaling.scale(batch.images, config, params)
         return jnp.sum(jnp.where(batch.mask[:, None, None, None], scaled, 0.0))
 
-    @jax.jit
-    def scan_epoch(dev, idx, msk):
-        total, _ = pipeline.scan_epoch(lambda acc, b: (acc + reduce_batch(b), None),
-                                       jnp.float32(0), dev, idx, msk)
-        return total
+    def chunk_sum(take):
+        @jax.jit
+        def run(device_data, chunk):
+            def body(total, step):
+                return total + reduce_batch(take(device_data, step)), None
+            return jax.lax.scan(body, jnp.float32(0), chunk)[0]
+        return run
 
-    @jax.jit
-    def fused_step(dev, idx, msk, step):
-        return reduce_batch(pipeline.take_batch(dev.images, dev.labels, idx[step], msk[step]))
+    resident_sum, host_sum = chunk_sum(ResidentSource.take), chunk_sum(HostSource.take)
 
-    scale_only = jax.jit(reduce_batch)
-
-    def resident_scan():
-        scan_epoch(device_data, indices, mask).block_until_ready()
-
-    def resident_fused():
-        outs = [fused_step(device_data, indices, mask, s) for s in range(steps)]
+    def epoch(source, summed, steps_per_call, limit=None):
+        chunks = source.epoch(SEED, 0, BATCH_SIZE, steps_per_call=steps_per_call)
+        outs = [summed(source.data, c) for c, _ in zip(chunks, range(limit or steps))]
         jax.block_until_ready(outs)
 
-    def resident_loop():
-        outs = [scale_only(b) for b in pipeline.resident_batches(
-            device_data, BATCH_SIZE, seed=SEED, epoch=0)]
-        jax.block_until_ready(outs)
-
-    def streaming():
-        outs = [scale_only(b) for b in pipeline.stream_batches(
-            data, BATCH_SIZE, seed=SEED, epoch=0, prefetch=2)]
-        jax.block_until_ready(outs)
-
-    paths = [("resident/scan", resident_scan, steps), ("resident/fused-step", resident_fused,
-                                                         steps),
-             ("resident/loop", resident_loop, steps), ("streaming", streaming, steps)]
+    paths = [("resident/scan", lambda: epoch(resident, resident_sum, steps), steps),
+             ("resident/step", lambda: epoch(resident, resident_sum, 1), steps),
+             ("host", lambda: epoch(host, host_sum, 1), steps)]
     records = _record_source() if records else None
     if records is not None:
-        def streaming_records():
-            batches = pipeline.stream_batches(records, BATCH_SIZE, seed=SEED, epoch=0)
-            outs = [scale_only(b) for b, _ in zip(batches, range(RECORD_STEPS))]
-            jax.block_until_ready(outs)
-        paths.append(("streaming/records", streaming_records, RECORD_STEPS))
+        on_disk = HostSource(records, prefetch=2)
+        paths.append(("host/records", lambda: epoch(on_disk, host_sum, 1, RECORD_STEPS),
+                      RECORD_STEPS))
     device = jax.devices()[0]
     rows = []
     for name, fn, timed_steps in paths:
         timing = measure(lambda _, fn=fn: fn(), [None], items=timed_steps * BATCH_SIZE,
                          repeats=repeats, warmup=1)
         seconds = timing.median_s
-        on_disk = name == "streaming/records"
+        on_disk = name == "host/records"
         size = len(records) if on_disk else n
         rows.append(dict(bench="pipeline", name=name,
                          data="mnist (real, tfds ArrayRecord on disk)" if on_disk else label,

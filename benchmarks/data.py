@@ -74,6 +74,6 @@ def load_bench_data(data_dir: str | Path | None = None, *,
 def synthetic_bench_data(num_examples: int, *, seed: int = 0, why: str = "asked for"
                          ) -> BenchData:
     """MNIST-shaped uint8 images with learnable labels (`jaxscale.datasets.synthetic_dataset`)."""
-    from jaxscale.datasets import synthetic_dataset
+    from jaxscale.data.datasets import synthetic_dataset
     data = synthetic_dataset(num_examples, MNIST_SHAPE, 10, seed)
     return BenchData(data.images, data.labels, f"synthetic ({why})")

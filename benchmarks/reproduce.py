@@ -99,7 +99,7 @@ def _data_dir(arg):
 
 def run(args) -> dict:
     from jaxscale import training
-    from jaxscale.datasets import load_dataset
+    from jaxscale.data.datasets import load_dataset
 
     data_dir = _data_dir(args.data_dir)
     train_data = load_dataset("mnist", "train", data_dir=data_dir)
@@ -210,7 +210,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from jaxscale.host_allocator import tune_host_allocator
+    from jaxscale.cpu import tune_host_allocator
     print(f"host allocator: {tune_host_allocator()}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
 
     from benchmarks import data as bench_data
     from benchmarks import keras_peer, report
-    from jaxscale.host_allocator import tune_host_allocator
+    from jaxscale.cpu import tune_host_allocator
 
     started = time.perf_counter()
     size = args.limit or bench_data.MNIST_TRAIN_SIZE

@@ -25,7 +25,7 @@ from jaxscale.augmentation import (
     sample_transforms,
     transform_matrices,
 )
-from jaxscale.datasets import (
+from jaxscale.data.datasets import (
     Dataset,
     DatasetFileError,
     load_data_source,
@@ -34,19 +34,17 @@ from jaxscale.datasets import (
     synthetic_dataset,
 )
 from jaxscale.generator import ImageDataGenerator
-from jaxscale.host_allocator import tune_host_allocator
-from jaxscale.pipeline import (
+from jaxscale.cpu import tune_host_allocator
+from jaxscale.data.pipeline import (
+    ArrayReader,
     Batch,
-    DeviceDataset,
-    epoch_indices,
-    epoch_key,
-    gather_batch,
-    put_on_device,
-    resident_batches,
-    scan_epoch,
-    stream_batches,
-    take_batch,
+    HostSource,
+    ResidentSource,
+    epoch_batches,
+    epoch_order,
+    take_rows,
 )
+from jaxscale.data.sharding import Placement
 from jaxscale.scaling import (
     MODES,
     ScalingConfig,
@@ -60,3 +58,15 @@ from jaxscale.scaling import (
 )
 
 __version__ = "0.1.0"
+
+_LEGACY_PIPELINE = ("DeviceDataset", "epoch_indices", "epoch_key", "gather_batch",
+                    "put_on_device", "resident_batches", "scan_epoch", "stream_batches",
+                    "take_batch")
+
+
+def __getattr__(name):
+    # The first release's pipeline functions, deprecated (see jaxscale.pipeline).
+    if name in _LEGACY_PIPELINE:
+        import jaxscale.pipeline as legacy
+        return getattr(legacy, name)
+    raise AttributeError(f"module 'jaxscale' has no attribute {name!r}")

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxscale.host_allocator import tune_host_allocator
+from jaxscale.cpu import tune_host_allocator
 
 
 def _devices(value: str):
@@ -134,7 +134,7 @@ def _initialize(args) -> None:
 
 
 def _load(args, split: str):
-    from jaxscale import datasets
+    import jaxscale.data.datasets as datasets
     if args.distributed:
         return datasets.load_process_shard(args.dataset, split, data_dir=args.data_dir)
     return datasets.load_dataset(args.dataset, split, data_dir=args.data_dir)

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxscale import pipeline
+from jaxscale.data.sharding import DATA_AXIS, data_mesh, process_shard  # noqa: F401
 from jaxscale.statistics import (
     DatasetStats,
     Scope,
@@ -162,37 +162,9 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def process_shard(num_examples: int, *, process_index: int | None = None,
-                  process_count: int | None = None, drop_remainder: bool = True) -> slice:
-    """This process's contiguous rows of a dataset of `num_examples` rows.
-
-    Args:
-      num_examples: rows in the whole dataset (every process passes the same number).
-      process_index, process_count: default `jax.process_index()`, `jax.process_count()`.
-      drop_remainder: True (training): every process gets `num_examples // process_count`
-        rows, as `jaxscale.datasets.load_process_shard`, so all hosts run the same number of
-        steps. False (statistics): the first `num_examples % process_count` processes get one
-        extra row, so the shards cover every row exactly once.
-
-    Returns:
-      slice(start, stop) into the rows.
-    """
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"process_index must be in [0, process_count={count}), got {index}")
-    if num_examples < 0:
-        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
-    per, extra = divmod(num_examples, count)
-    if drop_remainder:
-        return slice(index * per, (index + 1) * per)
-    start = index * per + min(index, extra)
-    return slice(start, start + per + (index < extra))
-
-
 def batch_sharding(mesh: Mesh | None = None) -> NamedSharding:
     """Batch axis split over a 1-D "data" mesh of every device of every process."""
-    return pipeline.batch_sharding(mesh)
+    return NamedSharding(mesh or data_mesh(), PartitionSpec(DATA_AXIS))
 
 
 def global_batch_from_local(local_batch, sharding: NamedSharding | None = None):

@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxscale import models
-from jaxscale.compiler_options import step_compiler_options
+from jaxscale.cpu import step_compiler_options
 from jaxscale.training import TrainConfig, make_eval_step, make_train_step
 
 AXIS = "batch"  # pmap axis name (gradients, metrics and BatchNorm statistics)

@@ -617,7 +617,7 @@ def _timed_train_step(model: str, scaling: str, batch_size: int, augment, images
 
 def _benchmark_images(images, labels, batch_size: int, seed: int):
     if images is None:
-        from jaxscale.datasets import synthetic_dataset
+        from jaxscale.data.datasets import synthetic_dataset
         data = synthetic_dataset(max(4096, batch_size), (28, 28, 1), 10, seed)
         images, labels = data.images, data.labels
     images, labels = np.asarray(images), np.asarray(labels).astype(np.int32)

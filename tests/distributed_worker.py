@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxscale import distributed
-from jaxscale.datasets import synthetic_dataset
+from jaxscale.data.datasets import synthetic_dataset
 
 NUM_EXAMPLES = 96
 IMAGE_SHAPE = (16, 16, 3)  # the smallest the BN CNN's valid convs and pools take

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxscale import checkpoint, training
-from jaxscale.datasets import synthetic_dataset
+from jaxscale.data.datasets import synthetic_dataset
 
 FORMATS = [pytest.param("orbax", marks=pytest.mark.skipif(
     checkpoint.ocp is None, reason="orbax-checkpoint is not installed")), "msgpack"]

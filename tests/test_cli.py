@@ -27,7 +27,7 @@ def test_bad_devices_flag_is_rejected(capsys):
 
 
 def test_stats_matches_numpy(mnist_dir, capsys):
-    from jaxscale.datasets import load_dataset
+    from jaxscale.data.datasets import load_dataset
     assert cli.main(["stats", "--data-dir", str(mnist_dir), "--split", "test[:2000]",
                      "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -6,8 +6,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from jaxscale import datasets
-from jaxscale.datasets import Dataset, DatasetFileError, RawFile, load_dataset
+import jaxscale.data.datasets as datasets
+from jaxscale.data.datasets import Dataset, DatasetFileError, RawFile, load_dataset
 
 # Facts computed with plain NumPy from the original files (../shared/data/SOURCES.md).
 MNIST = {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxscale import parallel, training
-from jaxscale.datasets import synthetic_dataset
+from jaxscale.data.datasets import synthetic_dataset
 from jaxscale.scaling import fit_scaling, scaling_config
 
 STEPS = 4

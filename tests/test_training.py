@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxscale import training
-from jaxscale.datasets import synthetic_dataset
+from jaxscale.data.datasets import synthetic_dataset
 from jaxscale.models import get_model
 from jaxscale.scaling import fit_scaling, scaling_config
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscale import compiler_options, parallel, training
-from jaxscale.compiler_options import YNN_FUSION_OPTION, step_compiler_options
+from jaxscale import cpu as compiler_options, parallel, training
+from jaxscale.cpu import YNN_FUSION_OPTION, step_compiler_options
 from jaxscale.scaling import scaling_config
 
 CPU = jax.devices("cpu")
@@ -40,7 +40,7 @@ def _args():
 
 
 def test_cpu_steps_take_convolutions_off_ynnpack_and_keep_dots_on_it(monkeypatch):
-    monkeypatch.delenv(compiler_options.ENV_SWITCH, raising=False)
+    monkeypatch.delenv(compiler_options.CONVOLUTIONS_ENV, raising=False)
     options = step_compiler_options(CPU[:1])
     assert options == {YNN_FUSION_OPTION: compiler_options.YNN_WITHOUT_CONVOLUTIONS}
     default = jax.jit(_conv_and_dot).lower(*_args()).compile().as_text()
@@ -66,14 +66,14 @@ def test_accelerators_keep_xla_defaults(platform):
 
 
 def test_environment_chooses(monkeypatch):
-    monkeypatch.setenv(compiler_options.ENV_SWITCH, "ynnpack")
+    monkeypatch.setenv(compiler_options.CONVOLUTIONS_ENV, "ynnpack")
     assert step_compiler_options(CPU[:1]) == {}
-    monkeypatch.setenv(compiler_options.ENV_SWITCH, "XLA")
+    monkeypatch.setenv(compiler_options.CONVOLUTIONS_ENV, "XLA")
     assert step_compiler_options(CPU[:1]) != {}
-    monkeypatch.setenv(compiler_options.ENV_SWITCH, "onednn")
+    monkeypatch.setenv(compiler_options.CONVOLUTIONS_ENV, "onednn")
     with pytest.raises(ValueError, match="JAXSCALE_XLA_CPU_CONVOLUTIONS"):
         step_compiler_options(CPU[:1])
-    monkeypatch.delenv(compiler_options.ENV_SWITCH)
+    monkeypatch.delenv(compiler_options.CONVOLUTIONS_ENV)
     # A user who set the option process-wide keeps it: ours would replace theirs.
     monkeypatch.setenv("XLA_FLAGS", f"--{YNN_FUSION_OPTION}=+individual_convolution")
     assert step_compiler_options(CPU[:1]) == {}
@@ -92,7 +92,7 @@ def test_a_jaxlib_that_refuses_the_option_keeps_defaults(monkeypatch):
 
 @pytest.mark.parametrize("kind,library", [("none", "xla"), ("mesh", "xla"), ("none", "ynnpack")])
 def test_runner_steps_use_the_options(kind, library, monkeypatch):
-    monkeypatch.setenv(compiler_options.ENV_SWITCH, library)
+    monkeypatch.setenv(compiler_options.CONVOLUTIONS_ENV, library)
     config = training.TrainConfig(model="bn_cnn", batch_size=64, eval_batch_size=64)
     tx = training.make_optimizer(config, 1)
     runner = parallel.make_runner(kind, config, tx, scaling_config("normalize"),

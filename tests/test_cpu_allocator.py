@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jaxscale import host_allocator
+from jaxscale import cpu as host_allocator
 
 GLIBC = host_allocator._glibc() is not None
 
@@ -15,7 +15,7 @@ GLIBC = host_allocator._glibc() is not None
 # not), mallocs 64 MiB, and reports how many bytes glibc holds in mmapped blocks for it.
 _PROBE = r"""
 import ctypes, json, sys
-from jaxscale.host_allocator import tune_host_allocator, _glibc
+from jaxscale.cpu import tune_host_allocator, _glibc
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
@@ -36,7 +36,7 @@ print(json.dumps({"line": line, "mmapped": after - before}))
 def _probe(mode: str, env_switch: str | None = None) -> dict:
     env = None
     if env_switch is not None:
-        env = dict(os.environ, **{host_allocator.ENV_SWITCH: env_switch})
+        env = dict(os.environ, **{host_allocator.ALLOCATOR_ENV: env_switch})
     done = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True,
                           text=True, check=True, env=env)
     return json.loads(done.stdout)
@@ -55,14 +55,14 @@ def test_large_buffer_comes_from_the_heap_once_tuned():
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
 def test_environment_switch_leaves_the_allocator_alone():
     switched_off = _probe("tuned", env_switch="0")
-    assert switched_off["line"] == f"unchanged: {host_allocator.ENV_SWITCH}=0"
+    assert switched_off["line"] == f"unchanged: {host_allocator.ALLOCATOR_ENV}=0"
     assert switched_off["mmapped"] >= 64 << 20
 
 
 # Threads that malloc get arenas of their own unless tuned; malloc_stats (stderr) lists them.
 _ARENA_PROBE = r"""
 import ctypes, sys, threading
-from jaxscale.host_allocator import tune_host_allocator, _glibc
+from jaxscale.cpu import tune_host_allocator, _glibc
 libc = _glibc()
 libc.malloc.restype = ctypes.c_void_p
 if sys.argv[1] == "tuned":

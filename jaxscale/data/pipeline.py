@@ -1,0 +1,380 @@
+"""The one data path: epoch orders, batches, and the two sources every consumer reads.
+
+An epoch is a permutation of the examples drawn from `(seed, epoch)` (`epoch_order`), cut into
+batches of equal shape (`epoch_batches`: the last partial batch is padded, with its padding
+rows masked, or dropped), so a compiled step never sees a new shape. Two sources serve those
+batches, and for the same seed they serve the same ones:
+
+- `ResidentSource`: the dataset on the device(s) as uint8, copied once. A step receives the
+  *rows* of its batch and gathers them itself (`take_rows`) inside the compiled program, so
+  there is no per-batch copy from the host; several steps go in one dispatch as a chunk
+  [K, B] of rows (run under `lax.scan`).
+- `HostSource`: a *reader* on the host (in-memory or memory-mapped arrays, record files,
+  image folders: anything with `read(rows)`), for data that does not fit on the device. Each
+  process reads only its rows of every global batch (`sharding.process_rows`), chunks of K
+  batches are read ahead by a background thread and copied to the device(s) before they are
+  needed.
+
+Both hand the trainer, the Keras facade and the benchmarks the same thing: `epoch(...)`
+yields placed *chunks*, and `take(data, chunk_step)` (traceable) turns one step of a chunk
+into a `Batch` inside the compiled step. So a consumer is written once for both:
+
+    for chunk in source.epoch(seed, epoch, batch_size, steps_per_call=K):
+        state = compiled(state, source.data, chunk)   # lax.scan over K: source.take(...)
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import itertools
+from typing import Any, Iterator, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscale.data.sharding import Placement, process_rows
+
+
+class Batch(NamedTuple):
+    """One batch (a pytree).
+
+    Attributes:
+      images: uint8[B, H, W, C].
+      labels: int32[B].
+      mask: bool[B], False on the padding rows of a last partial batch (they repeat an
+        example and must count nothing).
+    """
+
+    images: jax.Array
+    labels: jax.Array
+    mask: jax.Array
+
+
+class Reader(Protocol):
+    """Random access to a dataset on the host, reading only the rows asked for.
+
+    Attributes:
+      image_shape: (H, W, C) of every image.
+      num_classes: number of labels.
+    """
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+
+    def __len__(self) -> int: ...
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8[B, H, W, C], labels int32[B]) of the examples at `rows` (int[B])."""
+        ...
+
+
+# ------------------------------------------------------------------------------ epoch order
+
+@functools.partial(jax.jit, static_argnames=("num_examples",))
+def _permutation(seed, epoch, *, num_examples: int):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+    return jax.random.permutation(key, num_examples).astype(jnp.int32)
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int, *, shuffle: bool = True
+                ) -> np.ndarray:
+    """The order in which one epoch visits the examples.
+
+    The same `(seed, epoch)` gives the same order on every host and backend (it is computed
+    on the CPU device with `jax.random.permutation(fold_in(PRNGKey(seed), epoch), N)`), so
+    every process of a job, and a resumed run, agree on it without communicating.
+
+    Args:
+      seed: the run seed (an int).
+      epoch: the epoch number (a new order every epoch).
+      num_examples: N >= 1.
+      shuffle: False gives 0, 1, ..., N - 1.
+
+    Returns:
+      int32[N], a permutation of 0..N-1.
+    """
+    if num_examples < 1:
+        raise ValueError(f"an epoch needs num_examples >= 1, got {num_examples}")
+    if not shuffle:
+        return np.arange(num_examples, dtype=np.int32)
+    cpu = jax.devices("cpu")[0]
+    with jax.default_device(cpu):
+        return np.asarray(_permutation(np.uint32(seed), np.uint32(epoch),
+                                       num_examples=num_examples))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, *, drop_remainder: bool) -> int:
+    """Batches in one epoch: floor(N / B) when dropping the remainder, else ceil(N / B)."""
+    return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+
+
+def epoch_batches(order: np.ndarray, batch_size: int, *, drop_remainder: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Cuts an epoch order into batches of one shape.
+
+    Args:
+      order: int[N], e.g. `epoch_order(...)`.
+      batch_size: B >= 1.
+      drop_remainder: drop the last N mod B examples of the order; else pad the last batch
+        with example `order[0]` and mask the padding.
+
+    Returns:
+      (rows int32[S, B], mask bool[S, B]), S = `steps_per_epoch(N, B, drop_remainder=...)`.
+    """
+    num_examples = int(order.shape[0])
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if drop_remainder and num_examples < batch_size:
+        raise ValueError(f"drop_remainder with {num_examples} examples < batch_size "
+                         f"{batch_size} leaves no batch")
+    steps = steps_per_epoch(num_examples, batch_size, drop_remainder=drop_remainder)
+    padded = steps * batch_size
+    if drop_remainder:
+        rows = order[:padded]
+    else:
+        rows = np.concatenate([order, np.full(padded - num_examples, order[0], order.dtype)])
+    mask = np.arange(padded) < num_examples
+    return (rows.astype(np.int32).reshape(steps, batch_size), mask.reshape(steps, batch_size))
+
+
+def take_rows(images: jax.Array, labels: jax.Array, rows: jax.Array,
+              mask: jax.Array | None = None) -> Batch:
+    """The batch at `rows` of a device-resident dataset; traceable, for use inside a step.
+
+    Args:
+      images: uint8[N, H, W, C]; labels: int32[N]; rows: int32[B]; mask: bool[B] or None (all
+        valid).
+
+    Returns:
+      Batch(images uint8[B, H, W, C], labels int32[B], mask bool[B]).
+    """
+    if mask is None:
+        mask = jnp.ones(rows.shape, bool)
+    return Batch(jnp.take(images, rows, axis=0), jnp.take(labels, rows, axis=0), mask)
+
+
+def _chunk_starts(steps: int, start: int, steps_per_call: int) -> Iterator[tuple[int, int]]:
+    """(first, last) step of every chunk of an epoch of `steps` steps, from step `start`."""
+    if steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    if not 0 <= start <= steps:
+        raise ValueError(f"start step {start} is outside the epoch's {steps} steps")
+    for first in range(start, steps, steps_per_call):
+        yield first, min(first + steps_per_call, steps)
+
+
+def _checked_arrays(images, labels) -> tuple[Any, Any]:
+    if np.ndim(images) != 4 or np.shape(labels) != (np.shape(images)[0],):
+        raise ValueError(f"expected images [N, H, W, C] and labels [N], got shapes "
+                         f"{np.shape(images)} and {np.shape(labels)}")
+    if np.shape(images)[0] < 1:
+        raise ValueError("the dataset is empty")
+    dtype = getattr(images, "dtype", None)
+    if dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (scale them inside the step), got {dtype}")
+    return images, labels
+
+
+def dataset_arrays(dataset) -> tuple[Any, Any]:
+    """(images, labels) of a `Dataset`, a `(images, labels)` pair or anything with `.images`
+    and `.labels`, checked: uint8[N, H, W, C] and [N]."""
+    if hasattr(dataset, "images") and hasattr(dataset, "labels"):
+        return _checked_arrays(dataset.images, dataset.labels)
+    images, labels = dataset
+    return _checked_arrays(images, labels)
+
+
+# ---------------------------------------------------------------------------------- sources
+
+class ResidentSource:
+    """A dataset copied once to the device(s) as uint8; steps gather their own rows.
+
+    Args:
+      dataset: a `Dataset`, or (images uint8[N, H, W, C], labels int[N]) host or device
+        arrays; every process of a multi-process job passes the whole dataset.
+      placement: where it goes (replicated on every device); default: the first local device.
+
+    Attributes:
+      data: (images, labels) on the device(s): pass it to the compiled step with the chunks.
+      num_examples, image_shape: N and (H, W, C).
+      placement: the Placement.
+    """
+
+    kind = "resident"
+
+    def __init__(self, dataset, *, placement: Placement | None = None):
+        images, labels = dataset_arrays(dataset)
+        self.placement = placement or Placement.create("single")
+        if isinstance(labels, jax.Array):
+            labels = labels.astype(jnp.int32)
+        else:
+            labels = np.asarray(labels).astype(np.int32)
+        self.num_examples = int(images.shape[0])
+        self.image_shape = tuple(int(d) for d in images.shape[1:])
+        self.data = self.placement.replicate((images, labels))
+
+    @staticmethod
+    def take(data, chunk_step) -> Batch:
+        """The Batch of one step of a chunk (traceable): `chunk_step` is (rows int32[B],
+        mask bool[B]) and `data` the resident (images, labels)."""
+        rows, mask = chunk_step
+        return take_rows(data[0], data[1], rows, mask)
+
+    def epoch(self, seed: int, epoch: int, batch_size: int, *, shuffle: bool = True,
+              drop_remainder: bool = False, start: int = 0, steps_per_call: int = 1
+              ) -> Iterator[tuple[jax.Array, jax.Array]]:
+        """The chunks of one epoch from step `start`: (rows int32[k, B], mask bool[k, B])
+        placed with the batch axis split over the devices, k <= `steps_per_call` (shorter
+        only at the end of the epoch)."""
+        self.placement.check_batch(batch_size)
+        rows, mask = epoch_batches(epoch_order(seed, epoch, self.num_examples,
+                                               shuffle=shuffle), batch_size,
+                                   drop_remainder=drop_remainder)
+        for first, last in _chunk_starts(rows.shape[0], start, steps_per_call):
+            yield self.placement.split_rows((rows[first:last], mask[first:last]))
+
+    def batches(self, seed: int, epoch: int, batch_size: int, *, shuffle: bool = True,
+                drop_remainder: bool = False) -> Iterator[Batch]:
+        """The batches of one epoch, each gathered on the device by one compiled call
+        ("single" placement). For speed gather inside your own step instead (`take`)."""
+        if self.placement.kind != "single":
+            raise ValueError("batches() serves a single-device source; under a mesh or pmap "
+                             "gather inside the step with `take`")
+        for rows, mask in self.epoch(seed, epoch, batch_size, shuffle=shuffle,
+                                     drop_remainder=drop_remainder):
+            yield _take_one(self.data, rows[0], mask[0])
+
+
+@jax.jit
+def _take_one(data, rows, mask) -> Batch:
+    return take_rows(data[0], data[1], rows, mask)
+
+
+class ArrayReader:
+    """A `Reader` over host arrays that support integer-array indexing (NumPy, np.memmap).
+
+    Args:
+      images: uint8[N, H, W, C]; labels: int[N].
+      num_classes: None: max(labels) + 1.
+    """
+
+    def __init__(self, images, labels, num_classes: int | None = None):
+        self.images, labels = _checked_arrays(images, labels)
+        self.labels = np.asarray(labels).astype(np.int32)
+        self.image_shape = tuple(int(d) for d in np.shape(images)[1:])
+        self.num_classes = int(num_classes or int(self.labels.max()) + 1)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows)
+        return np.asarray(self.images[rows]), self.labels[rows]
+
+
+def as_reader(data) -> Reader:
+    """`data` as a Reader: a Reader stays itself; a Dataset or (images, labels) pair becomes an
+    `ArrayReader`."""
+    if hasattr(data, "read") and hasattr(data, "image_shape"):
+        return data
+    images, labels = dataset_arrays(data)
+    return ArrayReader(images, labels, getattr(data, "num_classes", None))
+
+
+class HostSource:
+    """Batches read on the host from a `Reader` and copied to the device(s) ahead of use.
+
+    Args:
+      reader: anything with `len()`, `image_shape` and `read(rows)` (see `Reader`); a Dataset
+        or an (images, labels) pair is wrapped in an `ArrayReader`.
+      placement: where batches go; default: the first local device.
+      prefetch: chunks read and in flight to the device ahead of the one being used (a
+        background thread reads and copies them).
+
+    For the same seed and epoch the batches equal `ResidentSource`'s. Each process reads only
+    its `process_rows` of every global batch; the global batch is assembled on the devices.
+    """
+
+    kind = "host"
+    data = ()
+
+    def __init__(self, reader, *, placement: Placement | None = None, prefetch: int = 2):
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        self.reader = as_reader(reader)
+        self.placement = placement or Placement.create("single")
+        self.prefetch = prefetch
+        self.num_examples = len(self.reader)
+        self.image_shape = tuple(self.reader.image_shape)
+
+    @staticmethod
+    def take(data, chunk_step) -> Batch:
+        """One step of a chunk is already the Batch (traceable)."""
+        del data
+        return chunk_step
+
+    def _read(self, rows: np.ndarray, mask: np.ndarray) -> Batch:
+        """This process's rows of k global batches (rows, mask [k, B]) as host arrays
+        [k, B / process_count, ...]."""
+        local_rows = process_rows(rows)
+        images, labels = self.reader.read(local_rows.reshape(-1))
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+            raise ValueError(f"reader returned images {images.dtype}{list(images.shape)}; "
+                             f"expected uint8[B, {', '.join(map(str, self.image_shape))}]")
+        return Batch(images.reshape(*local_rows.shape, *self.image_shape),
+                     np.asarray(labels).astype(np.int32).reshape(local_rows.shape),
+                     process_rows(mask))
+
+    def _read_chunk(self, rows: np.ndarray, mask: np.ndarray) -> Batch:
+        return self.placement.split_rows(self._read(rows, mask), process_local=True)
+
+    def epoch(self, seed: int, epoch: int, batch_size: int, *, shuffle: bool = True,
+              drop_remainder: bool = False, start: int = 0, steps_per_call: int = 1
+              ) -> Iterator[Batch]:
+        """The chunks of one epoch from step `start`: Batch with leaves [k, B, ...] placed
+        with the batch axis split over the devices, k <= `steps_per_call`."""
+        self.placement.check_batch(batch_size)
+        rows, mask = epoch_batches(epoch_order(seed, epoch, self.num_examples,
+                                               shuffle=shuffle), batch_size,
+                                   drop_remainder=drop_remainder)
+        spans = _chunk_starts(rows.shape[0], start, steps_per_call)
+        yield from _read_ahead(lambda span: self._read_chunk(rows[span[0]:span[1]],
+                                                             mask[span[0]:span[1]]),
+                               spans, self.prefetch)
+
+    def batches(self, seed: int, epoch: int, batch_size: int, *, shuffle: bool = True,
+                drop_remainder: bool = False) -> Iterator[Batch]:
+        """The batches of one epoch ("single" placement), each read and copied ahead."""
+        if self.placement.kind != "single":
+            raise ValueError("batches() serves a single-device source; under a mesh or pmap "
+                             "iterate epoch() and gather inside the step")
+        rows, mask = epoch_batches(epoch_order(seed, epoch, self.num_examples,
+                                               shuffle=shuffle), batch_size,
+                                   drop_remainder=drop_remainder)
+        device = self.placement.devices[0]
+
+        def load(step: int) -> Batch:
+            host = self._read(rows[step:step + 1], mask[step:step + 1])
+            return jax.device_put(jax.tree_util.tree_map(lambda x: x[0], host), device)
+
+        yield from _read_ahead(load, range(rows.shape[0]), self.prefetch)
+
+
+def _read_ahead(load, items, depth: int):
+    """Yields `load(item)` for every item in order, while a background thread loads up to
+    `depth` further items (host reads and device copies overlap the consumer's work)."""
+    items = iter(items)
+    done = object()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = collections.deque(pool.submit(load, item)
+                                    for item in itertools.islice(items, depth + 1))
+        while pending:
+            result = pending.popleft().result()
+            item = next(items, done)
+            if item is not done:
+                pending.append(pool.submit(load, item))
+            yield result
