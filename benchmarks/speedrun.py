@@ -64,7 +64,7 @@ def load_split(split: str, data_dir: str | Path | None = None, npz: str | None =
     if npz:
         with np.load(npz) as arrays:
             return tuple(arrays[name] for name in SPLIT_ARRAYS)
-    from jaxscale.datasets import load_dataset
+    from jaxscale.data.datasets import load_dataset
 
     folder = data_dir or os.environ.get("JAXSCALE_DATA_DIR") or DEFAULT_DATA
     train = load_dataset("mnist", "train", source="raw", data_dir=folder)
@@ -113,8 +113,7 @@ def run_jax(recipe: str, seed: int, *, split: str = "test", t0: float | None = N
         jax.config.update("jax_compilation_cache_dir", cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    from jaxscale.compiler_options import step_compiler_options
-    from jaxscale.host_allocator import tune_host_allocator
+    from jaxscale.cpu import step_compiler_options, tune_host_allocator
 
     tune_host_allocator()
     from benchmarks import speedrun_recipe as sr

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 import jaxscale
+from jaxscale.data.pipeline import epoch_batches, epoch_order, take_rows
 from benchmarks.speedrun_config import RECIPES, SpeedrunConfig  # noqa: F401 (re-exported)
 
 NUM_CLASSES = 10
@@ -251,9 +252,10 @@ def train_step(config: SpeedrunConfig, total_steps: int, state: TrainState,
     Returns:
       (new state, {"loss": float32[], "correct": int32[]} of this batch before the update).
     """
-    x = jaxscale.scaling.scale(images[rows], SCALING)
+    batch = take_rows(images, labels, rows)
+    x = jaxscale.scaling.scale(batch.images, SCALING)
     x = random_shift(jax.random.fold_in(key, state.step), x, config.shift)
-    y = labels[rows]
+    y = batch.labels
     (loss, (batch_stats, logits)), grads = jax.value_and_grad(
         functools.partial(loss_fn, config), has_aux=True)(state.params, state.batch_stats, x, y)
     updates, opt_state = optimizer(config, total_steps).update(grads, state.opt_state,
@@ -298,20 +300,9 @@ def evaluate(config: SpeedrunConfig, params, batch_stats, images: jax.Array,
     return jax.lax.map(correct, batches).sum()
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _permutation(seed, epoch, num_examples: int) -> jax.Array:
-    return jax.random.permutation(jax.random.fold_in(jax.random.PRNGKey(seed), epoch),
-                                  num_examples)
-
-
 def epoch_rows(seed: int, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
-    """int32[S, B]: epoch `epoch`'s shuffled order, cut into S = N // B batches (rest dropped).
-
-    The order is jax.random.permutation(fold_in(PRNGKey(seed), epoch), N) on the CPU, the
-    rule of jaxscale's data pipeline, so it does not depend on the device.
-    """
-    cpu = jax.devices("cpu")[0]
-    with jax.default_device(cpu):
-        order = np.asarray(_permutation(seed, epoch, num_examples), np.int32)
-    steps = num_examples // batch_size
-    return order[: steps * batch_size].reshape(steps, batch_size)
+    """int32[S, B]: epoch `epoch`'s order (jaxscale's `epoch_order`, the same on every
+    backend) cut into S = N // B batches, the remainder dropped."""
+    rows, _ = epoch_batches(epoch_order(seed, epoch, num_examples), batch_size,
+                            drop_remainder=True)
+    return rows
