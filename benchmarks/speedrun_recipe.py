@@ -188,14 +188,26 @@ class TrainState:
 SCALING = jaxscale.scaling_config("normalize")  # x / 255, as the tutorial feeds the net
 
 
+# XLA's RngBitGenerator instead of JAX's default threefry: XLA:CPU takes ~1.8 s to compile one
+# threefry `jax.random.normal` here and ~0.2 s for the same draw from "rbg", and a cold run
+# pays that for every initialiser (4.8 s for this net's init). The streams differ by backend,
+# which a recipe does not mind (a run is deterministic on its backend).
+KEY_IMPL = "rbg"
+
+
+def run_key(seed) -> jax.Array:
+    """The run's root key: `jax.random.key(seed, impl=KEY_IMPL)`."""
+    return jax.random.key(seed, impl=KEY_IMPL)
+
+
 def init_state(config: SpeedrunConfig, seed, image_shape=(28, 28, 1), *,
                total_steps: int) -> TrainState:
-    """Parameters from `jax.random.PRNGKey(seed)` (split: the other half keys the steps).
+    """Parameters from `run_key(seed)` (split: the other half keys the steps).
 
     Traceable in `seed`: jit it with the rest static (`init_state_jit`), one compiled program
     instead of one per operation of `Module.init`.
     """
-    init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
+    init_key, _ = jax.random.split(run_key(seed))
     variables = make_model(config).init(init_key, jnp.zeros((1, *image_shape), jnp.float32))
     params = variables["params"]
     opt_state = optimizer(config, total_steps).init(params)
@@ -208,7 +220,7 @@ init_state_jit = jax.jit(init_state, static_argnums=(0, 2), static_argnames="tot
 @jax.jit
 def step_key(seed) -> jax.Array:
     """The key every step's randomness is folded from (the other half of `init_state`'s)."""
-    return jax.random.split(jax.random.PRNGKey(seed))[1]
+    return jax.random.split(run_key(seed))[1]
 
 
 def random_shift(key: jax.Array, images: jax.Array, shift: int) -> jax.Array:
@@ -225,6 +237,11 @@ def random_shift(key: jax.Array, images: jax.Array, shift: int) -> jax.Array:
     cols = offsets[:, 1, None] + jnp.arange(w)[None, :]          # [N, W]
     batch = jnp.arange(n)[:, None, None]
     return padded[batch, rows[:, :, None], cols[:, None, :]]
+
+
+def augmentation(config: SpeedrunConfig):
+    """The recipe's `augment` keywords as a jaxscale AugmentConfig."""
+    return jaxscale.augment_config(**dict(config.augment))
 
 
 def loss_fn(config: SpeedrunConfig, params, batch_stats, images, labels):
@@ -254,7 +271,11 @@ def train_step(config: SpeedrunConfig, total_steps: int, state: TrainState,
     """
     batch = take_rows(images, labels, rows)
     x = jaxscale.scaling.scale(batch.images, SCALING)
-    x = random_shift(jax.random.fold_in(key, state.step), x, config.shift)
+    step_key = jax.random.fold_in(key, state.step)
+    x = random_shift(step_key, x, config.shift)
+    if config.augment:
+        x = jaxscale.augmentation.augment(jax.random.fold_in(step_key, 1), x,
+                                          augmentation(config))
     y = batch.labels
     (loss, (batch_stats, logits)), grads = jax.value_and_grad(
         functools.partial(loss_fn, config), has_aux=True)(state.params, state.batch_stats, x, y)
