@@ -22,8 +22,8 @@ class SpeedrunConfig:
       name: the recipe's name.
       target: the test accuracy (fraction) this recipe is meant to reach after `epochs`.
       expected: the measured result, in words (see RECIPES).
-      widths, pools, kernel_size, space_to_depth, bn_momentum, bn_epsilon: the model's
-        (`speedrun_recipe.SpeedrunNet`).
+      widths, pools, hidden, kernel_size, space_to_depth, bn_momentum, bn_epsilon: the
+        model's (`speedrun_recipe.SpeedrunNet`).
       batch_size: images per step; an epoch is N // batch_size steps (the remainder of the
         shuffled order is dropped).
       epochs: passes over the training set.
@@ -48,6 +48,7 @@ class SpeedrunConfig:
     expected: str = ""
     widths: tuple[int, ...] = (32, 64)
     pools: tuple[bool, ...] = (True, False)
+    hidden: int = 0
     kernel_size: int = 3
     space_to_depth: int = 2
     bn_momentum: float = 0.9

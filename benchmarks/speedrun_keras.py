@@ -71,8 +71,15 @@ def build_model(config: SpeedrunConfig, image_shape=(28, 28, 1), num_classes: in
                   layers.ReLU()]
         if pool:
             stack.append(layers.MaxPooling2D(2))
-    stack += [layers.Flatten(),
-              layers.Dense(num_classes, kernel_initializer=init, kernel_regularizer=l2(),
+    stack.append(layers.Flatten())
+    if config.hidden:
+        stack += [layers.Dense(config.hidden, use_bias=False, kernel_initializer=init,
+                               kernel_regularizer=l2()),
+                  layers.BatchNormalization(momentum=config.bn_momentum,
+                                            epsilon=config.bn_epsilon,
+                                            gamma_regularizer=l2(), beta_regularizer=l2()),
+                  layers.ReLU()]
+    stack += [layers.Dense(num_classes, kernel_initializer=init, kernel_regularizer=l2(),
                            bias_regularizer=l2())]
     return keras.Sequential(stack)
 

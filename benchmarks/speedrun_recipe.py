@@ -107,7 +107,7 @@ def max_pool2(x: jax.Array) -> jax.Array:
 
 class SpeedrunNet(nn.Module):
     """space-to-depth, then [conv3x3 (no bias) - BatchNorm - ReLU - (2x2 max pool)] per width,
-    flatten, Dense(num_classes).
+    flatten, [Dense(hidden) (no bias) - BatchNorm - ReLU] when hidden > 0, Dense(num_classes).
 
     Takes float32[N, H, W, C] (scaled) and returns float32 logits [N, num_classes]. `train`
     switches BatchNorm to batch statistics (and makes `batch_stats` mutable).
@@ -115,6 +115,7 @@ class SpeedrunNet(nn.Module):
     Attributes:
       widths: output channels of each convolution.
       pools: whether a 2x2 max pool follows each convolution (same length as widths).
+      hidden: units of a hidden dense layer before the output (0: none).
       kernel_size: of every convolution (VALID padding, stride 1).
       space_to_depth: block size folded into channels before the first convolution.
       bn_momentum, bn_epsilon: BatchNorm's running-average momentum (Flax's convention: new =
@@ -123,6 +124,7 @@ class SpeedrunNet(nn.Module):
 
     widths: tuple[int, ...] = (32, 64)
     pools: tuple[bool, ...] = (True, False)
+    hidden: int = 0
     kernel_size: int = 3
     space_to_depth: int = 2
     bn_momentum: float = 0.9
@@ -145,12 +147,18 @@ class SpeedrunNet(nn.Module):
             if pool:
                 x = max_pool2(x)
         x = x.reshape(x.shape[0], -1)
+        if self.hidden:
+            x = nn.Dense(self.hidden, use_bias=False, name="hidden")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon, name="bn_hidden")(x)
+            x = nn.relu(x)
         return nn.Dense(self.num_classes, name="head")(x)
 
 
 def make_model(config: SpeedrunConfig) -> SpeedrunNet:
     """The recipe's network."""
-    return SpeedrunNet(widths=config.widths, pools=config.pools, kernel_size=config.kernel_size,
+    return SpeedrunNet(widths=config.widths, pools=config.pools, hidden=config.hidden,
+                       kernel_size=config.kernel_size,
                        space_to_depth=config.space_to_depth, bn_momentum=config.bn_momentum,
                        bn_epsilon=config.bn_epsilon)
 

@@ -52,7 +52,15 @@ def build_model(config: SpeedrunConfig, image_shape=(1, 28, 28), num_classes: in
         if pool:
             layers.append(nn.MaxPool2d(2))
             height, width = height // 2, width // 2
-    layers += [nn.Flatten(), nn.Linear(channels * height * width, num_classes)]
+    layers.append(nn.Flatten())
+    features = channels * height * width
+    if config.hidden:
+        layers += [nn.Linear(features, config.hidden, bias=False),
+                   nn.BatchNorm1d(config.hidden, eps=config.bn_epsilon,
+                                  momentum=1.0 - config.bn_momentum),
+                   nn.ReLU()]
+        features = config.hidden
+    layers.append(nn.Linear(features, num_classes))
     model = nn.Sequential(*layers)
     with torch.no_grad():
         for module in model.modules():
