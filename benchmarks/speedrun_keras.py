@@ -14,7 +14,11 @@ breakpoints). Where Keras has no exact equivalent:
 - coupled weight decay: Keras' optimizer `weight_decay` is decoupled, so an L2 regulariser of
   weight_decay / 2 on every kernel, bias, BN scale and offset gives the same gradient term;
 - translation: `RandomTranslation(shift / 28, fill_mode="constant", interpolation="nearest")`
-  draws continuous offsets and rounds them, ours draws whole pixels.
+  draws continuous offsets and rounds them, ours draws whole pixels;
+- rotation / shift / zoom: Keras' RandomRotation, RandomTranslation and RandomZoom layers with
+  the same ranges and fill, each resampling the image in turn (ours composes them into one
+  affine map and resamples once; RandomZoom's factor and ImageDataGenerator's zoom differ in
+  how they parametrise a zoom of the same range).
 
 The test accuracy after each epoch comes from `model.evaluate` in a callback; the compile
 time is not separable in `fit`, so `compile_s` is the wall time of its first train batch
@@ -60,6 +64,7 @@ def build_model(config: SpeedrunConfig, image_shape=(28, 28, 1), num_classes: in
         factor = config.shift / image_shape[0]
         stack.append(layers.RandomTranslation(factor, factor, fill_mode="constant",
                                               interpolation="nearest", fill_value=0.0))
+    stack += augmentation_layers(dict(config.augment), image_shape)
     if block > 1:
         stack.append(SpaceToDepth())
     for features, pool in zip(config.widths, config.pools):
@@ -82,6 +87,37 @@ def build_model(config: SpeedrunConfig, image_shape=(28, 28, 1), num_classes: in
     stack += [layers.Dense(num_classes, kernel_initializer=init, kernel_regularizer=l2(),
                            bias_regularizer=l2())]
     return keras.Sequential(stack)
+
+
+def augmentation_layers(augment: dict, image_shape) -> list:
+    """Keras 3 preprocessing layers for ImageDataGenerator keywords: RandomRotation,
+    RandomTranslation, RandomZoom (each resamples on its own, bilinear, edges repeated)."""
+    from keras import layers
+
+    unknown = sorted(set(augment) - {"rotation_range", "zoom_range", "width_shift_range",
+                                     "height_shift_range"})
+    if unknown:
+        raise ValueError(f"the Keras peer cannot apply augment keywords {unknown}")
+    stack = []
+    if augment.get("rotation_range"):
+        stack.append(layers.RandomRotation(augment["rotation_range"] / 360.0,
+                                           fill_mode="nearest"))
+    width = augment.get("width_shift_range", 0.0)
+    height = augment.get("height_shift_range", 0.0)
+    if width or height:
+        def fraction(spec, size):
+            return spec / size if isinstance(spec, int) else spec
+        stack.append(layers.RandomTranslation(fraction(height, image_shape[0]),
+                                              fraction(width, image_shape[1]),
+                                              fill_mode="nearest"))
+    zoom = augment.get("zoom_range", 0.0)
+    if zoom:
+        low, high = (1 - zoom, 1 + zoom) if isinstance(zoom, (int, float)) else zoom
+        # RandomZoom's factor f scales by 1 + f (f > 0 zooms out), ImageDataGenerator's
+        # zoom z in [low, high] scales the sampled coordinates by z (z > 1 zooms out)
+        stack.append(layers.RandomZoom((low - 1, high - 1), (low - 1, high - 1),
+                                       fill_mode="nearest"))
+    return stack
 
 
 def run(recipe: str, seed: int, *, split: str = "test", t0: float, data_dir=None,

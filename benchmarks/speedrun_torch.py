@@ -4,7 +4,9 @@ Same model (space-to-depth, conv3x3 without bias - BatchNorm - ReLU - 2x2 max po
 linear), the same initial distributions (truncated-normal LeCun kernels, zero biases, BN
 scale 1 / offset 0), batch, epochs, per-epoch shuffle with the remainder dropped, SGD with
 Nesterov momentum and coupled weight decay on every parameter, the same one-cycle schedule
-(`SpeedrunConfig.lr_breakpoints`, stepped every batch), label smoothing and augmentation. The
+(`SpeedrunConfig.lr_breakpoints`, stepped every batch), label smoothing, augmentation (whole-
+pixel shifts by the same rule; rotation / shift / zoom drawn from the same distributions and
+composed as jaxscale's, sampled with `grid_sample`) and EMA of the parameters. The
 whole training set is one uint8 tensor; a batch is an index into it, scaled by 1/255 in the
 step, as ours. Eager mode, or `torch.compile` of the model (`compile=True`) where it works.
 
@@ -90,6 +92,64 @@ def random_shift(images, shift: int, generator):
     return padded[batch, channel, rows, cols]
 
 
+SUPPORTED_AUGMENT = ("rotation_range", "zoom_range", "width_shift_range", "height_shift_range")
+
+
+def _shift_pixels(spec, n: int, size: int, generator):
+    """ImageDataGenerator's shift sampling for one axis, in pixels (as jaxscale's)."""
+    import torch
+
+    if not spec:
+        return torch.zeros(n)
+    if isinstance(spec, int):  # a whole number of pixels in (-spec, spec)
+        picked = torch.randint(0, spec, (n,), generator=generator).float()
+        sign = torch.where(torch.rand(n, generator=generator) < 0.5, 1.0, -1.0)
+        return picked * sign
+    shift = (torch.rand(n, generator=generator) * 2 - 1) * spec
+    return shift * size if spec < 1 else shift
+
+
+def affine(images, theta, tx, ty, zx, zy):
+    """Resamples float[N, C, H, W] by per-image rotation theta (degrees), shift (tx, ty)
+    (pixels) and zoom (zx, zy), all float[N], composed as jaxscale.augmentation (Keras'
+    ImageDataGenerator: rotation @ shift @ zoom about the centre, mapping each output pixel to
+    the input position it reads), bilinear, edges repeated (fill_mode "nearest")."""
+    import torch
+
+    _, _, h, w = images.shape
+    radians = torch.deg2rad(theta)
+    cos, sin = torch.cos(radians)[:, None, None], torch.sin(radians)[:, None, None]
+    rows = torch.arange(h, dtype=torch.float32) - (h - 1) / 2
+    cols = torch.arange(w, dtype=torch.float32) - (w - 1) / 2
+    y, x = torch.meshgrid(rows, cols, indexing="ij")  # (x, y) = (column, row), centred
+    x, y = x[None] * zx[:, None, None] + tx[:, None, None], y[None] * zy[:, None, None] \
+        + ty[:, None, None]
+    source_x, source_y = cos * x - sin * y, sin * x + cos * y
+    grid = torch.stack([source_x / ((w - 1) / 2), source_y / ((h - 1) / 2)], dim=-1)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear",
+                                           padding_mode="border", align_corners=True)
+
+
+def random_affine(images, augment: dict, generator):
+    """`affine` with per-image parameters drawn as jaxscale.augmentation draws them from
+    ImageDataGenerator keywords (rotation_range, width/height_shift_range, zoom_range)."""
+    import torch
+
+    unknown = sorted(set(augment) - set(SUPPORTED_AUGMENT))
+    if unknown:
+        raise ValueError(f"the PyTorch peer cannot apply augment keywords {unknown}")
+    n, _, h, w = images.shape
+    rotation = augment.get("rotation_range", 0.0)
+    theta = (torch.rand(n, generator=generator) * 2 - 1) * rotation
+    tx = _shift_pixels(augment.get("width_shift_range", 0.0), n, w, generator)
+    ty = _shift_pixels(augment.get("height_shift_range", 0.0), n, h, generator)
+    zoom = augment.get("zoom_range", 0.0)
+    low, high = (1 - zoom, 1 + zoom) if isinstance(zoom, (int, float)) else zoom
+    zx = low + (high - low) * torch.rand(n, generator=generator)
+    zy = low + (high - low) * torch.rand(n, generator=generator)
+    return affine(images, theta, tx, ty, zx, zy)
+
+
 def run(recipe: str, seed: int, *, split: str = "test", t0: float, data_dir=None,
         npz: str | None = None, compile: bool = False, epochs: int | None = None) -> dict:
     """Trains one recipe with one seed in PyTorch; returns a record like `run_jax`'s."""
@@ -125,6 +185,8 @@ def run(recipe: str, seed: int, *, split: str = "test", t0: float, data_dir=None
     def step(rows):
         x = images[rows].float().div_(255.0)
         x = random_shift(x, config.shift, generator)
+        if config.augment:
+            x = random_affine(x, dict(config.augment), generator)
         loss = loss_fn(forward(x), labels[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -225,3 +225,26 @@ def test_ema_parameters_follow_their_recurrence():
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
     assert state.eval_params(config) is state.ema_params
     assert state.eval_params(TINY) is state.params
+
+
+def test_torch_peer_resamples_as_jaxscale_augmentation():
+    """The PyTorch peer's rotation / shift / zoom is jaxscale's transform: same parameters,
+    same pixels (bilinear in float32 on [0, 1] images: the two order their few products
+    differently, so agreement to ~1e-5)."""
+    torch = pytest.importorskip("torch")
+    import jaxscale
+    from benchmarks import speedrun_torch
+
+    images = np.random.default_rng(2).random((3, 28, 28, 1)).astype(np.float32)
+    params = {"theta": [7.0, -4.0, 0.0], "tx": [1.5, -2.0, 0.0], "ty": [-2.0, 0.5, 3.0],
+              "zx": [1.05, 0.92, 1.0], "zy": [0.95, 1.08, 1.0]}
+    transforms = jaxscale.augmentation.Transforms.identity(3).replace(
+        **{k: jnp.asarray(v, jnp.float32) for k, v in params.items()})
+    # any geometric knob makes apply_transforms resample with the given transforms
+    geometry = jaxscale.augment_config(rotation_range=10, fill_mode="nearest")
+    ours = jaxscale.augmentation.apply_transforms(jnp.asarray(images), transforms, geometry)
+    theirs = speedrun_torch.affine(torch.from_numpy(images.transpose(0, 3, 1, 2)),
+                                   *(torch.tensor(params[k]) for k in
+                                     ("theta", "tx", "ty", "zx", "zy")))
+    np.testing.assert_allclose(theirs.numpy().transpose(0, 2, 3, 1), np.asarray(ours),
+                               atol=2e-5)
