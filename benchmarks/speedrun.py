@@ -158,8 +158,7 @@ def run_jax(recipe: str, seed: int, *, split: str = "test", t0: float | None = N
             state, _ = train(state, images, labels, rows[start:start + k], key)
         jax.block_until_ready(state)  # one wait per epoch, to time training and evaluation apart
         eval_start = time.time()
-        correct = int(evaluate(state.eval_params(config), state.batch_stats, test_images,
-                               test_labels))
+        correct = int(evaluate(state.params, state.batch_stats, test_images, test_labels))
         now = time.time()
         train_s += eval_start - epoch_start
         eval_s += now - eval_start

@@ -35,9 +35,6 @@ class SpeedrunConfig:
       augment: augmentation: ImageDataGenerator keywords as (name, value) pairs, applied with
         `jaxscale.augmentation.augment` after `shift` (e.g. (("rotation_range", 10),)); ()
         = none.
-      ema_decay: evaluate an exponential moving average of the parameters, updated after
-        every step as ema = decay * ema + (1 - decay) * params (BatchNorm's statistics stay
-        the live ones); 0 = evaluate the parameters themselves.
       steps_per_dispatch: train steps per compiled call (`lax.scan` over them); None = one
         epoch per call.
       eval_batch_size: images per chunk of the one-call evaluation.
@@ -63,7 +60,6 @@ class SpeedrunConfig:
     label_smoothing: float = 0.1
     shift: int = 0
     augment: tuple[tuple[str, object], ...] = ()
-    ema_decay: float = 0.0
     steps_per_dispatch: int | None = None
     eval_batch_size: int = 2000
 
@@ -78,8 +74,6 @@ class SpeedrunConfig:
                              f"{self.steps_per_dispatch}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.shift < 0:

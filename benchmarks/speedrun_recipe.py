@@ -185,19 +185,12 @@ def optimizer(config: SpeedrunConfig, total_steps: int) -> optax.GradientTransfo
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes. `step` counts optimiser steps taken (int32 scalar);
-    `ema_params` is the exponential moving average of `params` (a copy of them when the
-    recipe's ema_decay is 0, never updated then)."""
+    """Everything a step changes. `step` counts optimiser steps taken (int32 scalar)."""
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
-    ema_params: Any
-
-    def eval_params(self, config: SpeedrunConfig):
-        """The parameters evaluation uses: the average when the recipe keeps one."""
-        return self.ema_params if config.ema_decay else self.params
 
 
 SCALING = jaxscale.scaling_config("normalize")  # x / 255, as the tutorial feeds the net
@@ -226,8 +219,7 @@ def init_state(config: SpeedrunConfig, seed, image_shape=(28, 28, 1), *,
     variables = make_model(config).init(init_key, jnp.zeros((1, *image_shape), jnp.float32))
     params = variables["params"]
     opt_state = optimizer(config, total_steps).init(params)
-    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], opt_state,
-                      params)
+    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], opt_state)
 
 
 init_state_jit = jax.jit(init_state, static_argnums=(0, 2), static_argnames="total_steps")
@@ -298,11 +290,8 @@ def train_step(config: SpeedrunConfig, total_steps: int, state: TrainState,
     updates, opt_state = optimizer(config, total_steps).update(grads, state.opt_state,
                                                                state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = state.ema_params
-    if config.ema_decay:
-        ema_params = optax.incremental_update(params, state.ema_params, 1.0 - config.ema_decay)
     metrics = {"loss": loss, "correct": (logits.argmax(-1) == y).sum()}
-    return TrainState(state.step + 1, params, batch_stats, opt_state, ema_params), metrics
+    return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
 
 def train_steps(config: SpeedrunConfig, total_steps: int, state: TrainState,

@@ -206,27 +206,6 @@ def test_summary_and_tables_from_records():
     assert "2.86x" in speedrun.format_summary(rows)
 
 
-def test_ema_parameters_follow_their_recurrence():
-    """ema_k = d * ema_{k-1} + (1 - d) * params_k with ema_0 = params_0; recomputed here in
-    float32 from the parameters after each step (XLA may contract the two products into an
-    FMA, so allow a few ulps: rtol 1e-6)."""
-    config = dataclasses.replace(TINY, ema_decay=0.75)
-    images, labels = tiny_data()
-    total = config.total_steps(len(labels))
-    state = sr.init_state_jit(config, 0, (28, 28, 1), total_steps=total)
-    key = sr.step_key(0)
-    step = _compiled(config, total, 1)
-    expected = [np.asarray(x) for x in jax.tree.leaves(state.params)]
-    for rows in sr.epoch_rows(0, 0, len(labels), config.batch_size)[:3]:
-        state, _ = step(state, images, labels, rows, key)
-        params = [np.asarray(x) for x in jax.tree.leaves(state.params)]
-        expected = [np.float32(0.75) * e + np.float32(0.25) * p for e, p in zip(expected, params)]
-    for got, want in zip(jax.tree.leaves(state.ema_params), expected):
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
-    assert state.eval_params(config) is state.ema_params
-    assert state.eval_params(TINY) is state.params
-
-
 def test_torch_peer_resamples_as_jaxscale_augmentation():
     """The PyTorch peer's rotation / shift / zoom is jaxscale's transform: same parameters,
     same pixels (bilinear in float32 on [0, 1] images: the two order their few products
