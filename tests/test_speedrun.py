@@ -227,3 +227,13 @@ def test_torch_peer_resamples_as_jaxscale_augmentation():
                                      ("theta", "tx", "ty", "zx", "zy")))
     np.testing.assert_allclose(theirs.numpy().transpose(0, 2, 3, 1), np.asarray(ours),
                                atol=2e-5)
+
+
+def test_peer_seed_rules():
+    table = speedrun.parse_peer_seeds("torch_compile=2,speedrun995=0,keras@speedrun99=4")
+    assert speedrun.seeds_for(table, "torch", "speedrun99", 5) == 5
+    assert speedrun.seeds_for(table, "torch_compile", "speedrun99", 5) == 2
+    assert speedrun.seeds_for(table, "torch_compile", "speedrun995", 5) == 0
+    assert speedrun.seeds_for(table, "keras", "speedrun99", 5) == 4
+    with pytest.raises(SystemExit):
+        speedrun.parse_peer_seeds("torch")
