@@ -133,9 +133,8 @@ def run_jax(recipe: str, seed: int, *, split: str = "test", t0: float | None = N
     if per_epoch % k:
         raise ValueError(f"steps_per_dispatch {k} does not divide the {per_epoch} steps of "
                          f"an epoch")
-    options = step_compiler_options(jax.devices())
-
     compile_start = time.time()
+    options = step_compiler_options(jax.devices())  # compiles a probe program once
     state = sr.init_state_jit(config, seed, train_x.shape[1:], total_steps=total)
     key = sr.step_key(seed)
     train = jax.jit(functools.partial(sr.train_steps, config, total), donate_argnums=0,
