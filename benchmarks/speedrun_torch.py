@@ -1,13 +1,13 @@
 """The PyTorch peer of the speedrun: the same recipe in plain PyTorch, data in memory.
 
 Same model (space-to-depth, conv3x3 without bias - BatchNorm - ReLU - 2x2 max pool, flatten,
-linear), the same initial distributions (truncated-normal LeCun kernels, zero biases, BN
-scale 1 / offset 0), batch, epochs, per-epoch shuffle with the remainder dropped, SGD with
-Nesterov momentum and coupled weight decay on every parameter, the same one-cycle schedule
-(`SpeedrunConfig.lr_breakpoints`, stepped every batch), label smoothing, augmentation (whole-
-pixel shifts by the same rule; rotation / shift / zoom drawn from the same distributions and
-composed as jaxscale's, sampled with `grid_sample`) and EMA of the parameters. The
-whole training set is one uint8 tensor; a batch is an index into it, scaled by 1/255 in the
+the optional hidden linear - BatchNorm - ReLU, linear), the same initial distributions
+(truncated-normal LeCun kernels, zero biases, BN scale 1 / offset 0), batch, epochs, per-epoch
+shuffle with the remainder dropped, SGD with Nesterov momentum and coupled weight decay on
+every parameter, the same one-cycle schedule (`SpeedrunConfig.lr_breakpoints`, stepped every
+batch), label smoothing and augmentation (whole-pixel shifts by the same rule; rotation /
+shift / zoom drawn from the same distributions and composed as jaxscale's, sampled with
+`grid_sample`). The whole training set is one uint8 tensor; a batch is an index into it, scaled by 1/255 in the
 step, as ours. Eager mode, or `torch.compile` of the model (`compile=True`) where it works.
 
 Framework conventions that differ and are kept: PyTorch's BatchNorm momentum is 1 - ours
