@@ -1,13 +1,13 @@
 """Images per second of on-device augmentation vs Keras' ImageDataGenerator, same run.
 
-The recipe is the seed tutorial's (`jaxscale.augmentation.SEED_RECIPE`: rotation 8, shifts
-0.08, shear 0.3, zoom 0.08) on the benchmark's uint8 images. Rows:
+The recipe is the seed tutorial's (`jaxscale.augmentation.SEED_RECIPE`, given to Keras as
+`augmentation.keras_keywords(SEED_RECIPE)`) on the benchmark's uint8 images. Rows:
 
 - augment_jit/order{1,0}: `augment_jit(key, batch, config)` on device-resident batches
   (bilinear and nearest resampling), several buffers rotated;
 - flow: `jaxscale.ImageDataGenerator(**recipe, rescale=1/255).flow(x, batch_size=...)`, one
-  jitted gather + augment + scale per batch;
-- fused_train_step: the BN CNN's train step (`training.benchmark_train_variants`, the same
+  jitted gather + augment + scale for several batches per call;
+- fused_train_step: the BN CNN's train step (`bench_train.benchmark_train_variants`, the same
   step as the train section's) with `normalize`, with and without the recipe inside the step,
   timed interleaved. `augment_share` = the augmentation's own time on that batch / the plain
   step's time (the fused-minus-plain difference, `step_difference_share`, is reported too but
@@ -30,10 +30,11 @@ import numpy as np
 import jaxscale
 from benchmarks import keras_peer
 from benchmarks.timing import device_batches, measure
-from jaxscale import augmentation, training
+from jaxscale import augmentation
 
-RECIPE = dict(rotation_range=8, width_shift_range=0.08, height_shift_range=0.08,
-              shear_range=0.3, zoom_range=0.08)
+from benchmarks import bench_train
+
+RECIPE = augmentation.keras_keywords(augmentation.SEED_RECIPE)  # for both generators
 SEED = 0
 
 
@@ -56,15 +57,19 @@ def _flow_row(images, batch_size, batches, repeats, keras_rate):
     whole = images[:max(1, len(images) // batch_size) * batch_size]
     flow = jaxscale.ImageDataGenerator(**RECIPE, rescale=1 / 255).flow(
         whole, batch_size=batch_size, seed=SEED)
+    # The flow computes several batches per compiled call and hands them out one by one: a
+    # repeat of fewer batches than an epoch would time batches computed before it started.
+    # So warm up over one epoch (every compiled variant) and time whole epochs.
+    epoch = len(flow)
     timing = measure(lambda _: next(flow), [None], items=batch_size, repeats=repeats,
-                     warmup=1, calls_per_repeat=batches)
+                     warmup=epoch, calls_per_repeat=-(-max(batches, epoch) // epoch) * epoch)
     return _row("flow", batch_size, timing, keras_rate)
 
 
 def _fused_rows(images, labels, batch_size, rounds, buffers):
     """The BN CNN's step with `normalize`, without and with the recipe, interleaved; and the
     recipe alone on batches of the same size."""
-    steps = training.benchmark_train_variants(
+    steps = bench_train.benchmark_train_variants(
         {"plain": ("normalize", None), "fused": ("normalize", augmentation.SEED_RECIPE)},
         model="bn_cnn", batch_size=batch_size, rounds=rounds, warmup=2, images=images,
         labels=labels, seed=SEED)
@@ -120,7 +125,7 @@ def _fmt(value, spec):
 
 def main() -> None:
     from benchmarks import data as bench_data
-    from benchmarks.run import settings
+    from benchmarks.sizes import settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats")

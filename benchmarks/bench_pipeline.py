@@ -101,10 +101,10 @@ def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given",
         timing = measure(lambda _, fn=fn: fn(), [None], items=timed_steps * BATCH_SIZE,
                          repeats=repeats, warmup=1)
         seconds = timing.median_s
-        on_disk = name == "host/records"
-        size = len(records) if on_disk else n
+        from_disk = name == "host/records"  # not `on_disk`: the records path's lambda reads it
+        size = len(records) if from_disk else n
         rows.append(dict(bench="pipeline", name=name,
-                         data="mnist (real, tfds ArrayRecord on disk)" if on_disk else label,
+                         data="mnist (real, tfds ArrayRecord on disk)" if from_disk else label,
                          num_examples=size, batch_size=BATCH_SIZE, steps=timed_steps,
                          **timing.summary(),
                          seconds_per_epoch=seconds * -(-size // BATCH_SIZE) / timed_steps,

@@ -7,10 +7,16 @@ uint8 read + float32 written (+ the ZCA matrix read once per batch); FLOPs per b
 arithmetic of the mode (`flops_per_batch`). The rooflines are measured in the same run
 (`benchmarks.roofline`): memory bandwidth over the same working set as the rows (the rotated
 inputs and their outputs), and a large matmul's FLOP/s. `roofline_fraction` = the least time
-the mode's bytes or FLOPs need at those peaks (whichever binds: `bound`) / the time it took. Peer: Keras' `flow` of the same
-mode; its cost is a per-image Python loop, so its batch is capped at `KERAS_MAX_BATCH` (and ZCA,
-~1k images/s there, gets one batch per repeat) to keep the run short. Our repeats and
+the mode's bytes or FLOPs need at those peaks (whichever binds: `bound`) / the time it took.
+Peer: Keras' `flow` of the same mode; its cost is a per-image Python loop, so its batch is
+capped at `KERAS_MAX_BATCH` (and ZCA, ~1k images/s there, gets one batch per repeat) to keep
+the run short. Our repeats and
 Keras' alternate, so that both sides see the same load on a shared host.
+
+The mode rows time `scale_jit(..., check=False)`, the scaling alone. `<mode>/checked` rows
+time the default, `scale_jit`'s NaN/inf check (flags computed in the same compiled call and
+read back after it), interleaved with the unchecked call on the same batches: `overhead_pct`
+is the check's cost.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from benchmarks.timing import Job, device_batches, measure, measure_interleaved
 
 KERAS_MAX_BATCH = 1024
 MODES = tuple(jaxscale.scaling.MODES)
+CHECK_MODES = ("normalize", "standardize")
 
 
 def bytes_per_batch(mode: str, batch_shape: tuple[int, ...], out_dtype=np.float32) -> int:
@@ -62,7 +69,7 @@ def working_set_bytes(batch_shape: tuple[int, ...], buffers: int, out_dtype=np.f
 def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int = 8,
         repeats: int = 5, keras_batches: int = 4, keras: bool = True,
         roofline: dict | None = None, compute_roofline: dict | None = None,
-        roofline_repeats: int = 30) -> list[dict]:
+        roofline_repeats: int = 30, check_modes=CHECK_MODES) -> list[dict]:
     """Times every mode on batches of `images` (uint8[N, H, W, C]).
 
     Args:
@@ -74,11 +81,13 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
       roofline: a `roofline.memory_bandwidth` row (measured over this run's working set, with
         `roofline_repeats` repeats, when None).
       compute_roofline: a `roofline.compute_peak` row (measured when None and zca is run).
+      check_modes: modes whose checked `scale_jit` is timed against the unchecked one.
 
     Returns:
       The rooflines' rows, then one row per mode with images_per_s, gb_per_s, gflop_per_s,
       bound ("memory" or "compute"), roofline_fraction, keras_images_per_s, ratio (ours /
-      Keras).
+      Keras), then one `<mode>/checked` row per check mode with images_per_s (checked),
+      unchecked_images_per_s and overhead_pct.
     """
     batch_size = min(batch_size, len(images))
     batches = device_batches(images, batch_size, buffers)
@@ -93,7 +102,7 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
         params = jaxscale.fit_scaling(config, images)
 
         def ours(batch, config=config, params=params):
-            return jaxscale.scale_jit(batch, config, params)
+            return jaxscale.scale_jit(batch, config, params, check=False)
 
         keras_batch = min(batch_size, KERAS_MAX_BATCH)
         flow = (keras_peer.keras_flow_iterator(images, mode, batch_size=keras_batch)
@@ -123,4 +132,24 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
             row["keras_spread"] = peer.spread
             row["ratio"] = timing.items_per_s / peer.items_per_s
         rows.append(row)
+    for mode in check_modes:
+        rows.append(check_cost(images, batches, mode, repeats=repeats))
     return rows
+
+
+def check_cost(images: np.ndarray, batches: list, mode: str, *, repeats: int) -> dict:
+    """`scale_jit` with and without its NaN/inf check on the same device batches,
+    interleaved: the checked rate and the check's overhead in percent."""
+    config = jaxscale.scaling_config(mode)
+    params = jaxscale.fit_scaling(config, images)
+    count = len(batches)
+    jobs = {name: Job(lambda batch, check=check: jaxscale.scale_jit(batch, config, params,
+                                                                     check=check),
+                      batches, batches[0].shape[0], calls_per_repeat=count, warmup=count + 2)
+            for name, check in (("checked", True), ("unchecked", False))}
+    timings = measure_interleaved(jobs, repeats=repeats)
+    checked, unchecked = timings["checked"], timings["unchecked"]
+    return {"bench": "scaling", "name": f"{mode}/checked", "batch_size": batches[0].shape[0],
+            "buffers": count, **checked.summary(),
+            "unchecked_images_per_s": unchecked.items_per_s,
+            "overhead_pct": 100.0 * (unchecked.items_per_s / checked.items_per_s - 1.0)}

@@ -55,7 +55,7 @@ def load_bench_data(data_dir: str | Path | None = None, *,
 
     Never raises for missing data: the reason for falling back is kept in `source`.
     """
-    from jaxscale import datasets
+    import jaxscale.data.datasets as datasets
 
     why = "no MNIST files found"
     for folder in candidate_dirs(data_dir):
@@ -73,7 +73,7 @@ def load_bench_data(data_dir: str | Path | None = None, *,
 
 def synthetic_bench_data(num_examples: int, *, seed: int = 0, why: str = "asked for"
                          ) -> BenchData:
-    """MNIST-shaped uint8 images with learnable labels (`jaxscale.datasets.synthetic_dataset`)."""
+    """MNIST-shaped uint8 images with learnable labels (`jaxscale.data.datasets.synthetic_dataset`)."""
     from jaxscale.data.datasets import synthetic_dataset
     data = synthetic_dataset(num_examples, MNIST_SHAPE, 10, seed)
     return BenchData(data.images, data.labels, f"synthetic ({why})")

@@ -14,7 +14,6 @@ Keras is an optional extra: every function returning Keras figures returns None 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 
@@ -23,19 +22,13 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import numpy as np  # noqa: E402
 
 from benchmarks.timing import Timing, measure  # noqa: E402
+from jaxscale import scaling  # noqa: E402
 
 ZCA_FIT_IMAGES = 4096
 
-# Keras' keywords for each jaxscale mode name (the same table as the README's).
-KERAS_KEYWORDS: dict[str, dict] = {
-    "none": {},
-    "normalize": {"rescale": 1.0 / 255.0},
-    "center": {"featurewise_center": True},
-    "standardize": {"featurewise_center": True, "featurewise_std_normalization": True},
-    "sample_center": {"samplewise_center": True},
-    "sample_standardize": {"samplewise_center": True, "samplewise_std_normalization": True},
-    "zca": {"featurewise_center": True, "zca_whitening": True},
-}
+def keras_mode_keywords(mode: str) -> dict:
+    """Keras' keywords of a jaxscale mode name (`jaxscale.scaling.keras_keywords`)."""
+    return scaling.keras_keywords(scaling.scaling_config(mode))
 
 
 def keras_version() -> str | None:
@@ -60,11 +53,10 @@ def keras_generator(mode: str, **extra):
     cls = _legacy_generator_class()
     if cls is None:
         return None
-    if mode not in KERAS_KEYWORDS:
-        raise ValueError(f"no Keras keywords for mode {mode!r}; known: {sorted(KERAS_KEYWORDS)}")
+    keywords = keras_mode_keywords(mode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cls(**KERAS_KEYWORDS[mode], **extra)
+        return cls(**keywords, **extra)
 
 
 def numpy_fit_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,13 +185,6 @@ def keras_small_cnn(image_shape=(28, 28, 1), num_classes: int = 10):
     return model
 
 
-def keras_augment_keywords(config) -> dict:
-    """Keras ImageDataGenerator keywords of an `AugmentConfig`: the fields that differ from
-    the defaults (both use Keras' names)."""
-    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
-            if field.name != "data_format" and getattr(config, field.name) != field.default}
-
-
 def keras_tutorial_accuracy(mode: str, train_images: np.ndarray, train_labels: np.ndarray,
                             test_images: np.ndarray, test_labels: np.ndarray, *, seed: int,
                             epochs: int = 5, batch_size: int = 64, model: str = "small_cnn",
@@ -215,10 +200,11 @@ def keras_tutorial_accuracy(mode: str, train_images: np.ndarray, train_labels: n
     augmentation.
 
     Args:
-      mode: a key of KERAS_KEYWORDS ("normalize", "center", "standardize", ...).
+      mode: a `jaxscale.scaling.MODES` name ("normalize", "center", "standardize", ...).
       train_images, test_images: uint8[N, H, W, C]; train_labels, test_labels: int[N].
       model: "small_cnn" (`keras_small_cnn`, one-hot labels) or "bn_cnn" (`keras_bn_cnn`).
-      augment: Keras augmentation keywords for the training flow (`keras_augment_keywords`).
+      augment: Keras augmentation keywords for the training flow
+        (`jaxscale.augmentation.keras_keywords`).
       schedule: "constant" Adam 1e-3, or "cosine" from 1e-3 to 0 over the run (bn_cnn only).
     """
     if model not in ("small_cnn", "bn_cnn"):

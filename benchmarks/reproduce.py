@@ -9,10 +9,13 @@ Rows (5 epochs, batch 64, Adam lr 1e-3, as the tutorials):
                                     over the 5 epochs (cosine): our recipe for this project's
                                     own 99.5 % bar, not the tutorial's
 
-Writes `reproduce.md` (table), `reproduce.json` (every epoch of every run) and
-`reproduce.png` (test-accuracy curves, mean over seeds) to `--out`
-(default benchmarks/results/). A full run is 5 rows x 3 seeds x 5 epochs; a quick subset:
+Prints the table and writes `reproduce-<hardware>.json` (device, versions, commit; every
+epoch of every run) and its chart `reproduce-<hardware>.png` (test-accuracy curves, mean over
+seeds) to `--out` (default benchmarks/results/, where they are committed: the docs' tables are
+generated from them). A full run is 5 rows x 3 seeds x 5 epochs; anything less is marked
+`"quick": true` in the file, e.g.
 
+    python -m benchmarks.reproduce --quick      # every row, 1 seed, 100 steps
     python -m benchmarks.reproduce --rows normalize --seeds 1 --epochs 1
 
 With `--keras` (and keras installed) every row is also run the tutorial's way by Keras itself
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import sys
@@ -38,7 +42,7 @@ class Row:
     """One row of the table.
 
     Attributes:
-      model, scaling, augment, schedule: as in `jaxscale.training.TrainConfig`.
+      model, scaling, augment, schedule: as in `jaxscale.training.config.TrainConfig`.
       tutorial: the tutorial's test accuracy in percent for its recipe.
       bar: the accuracy this project asks of the row (issue 5): the tutorial's figure for
         the small CNN, 99.5 % for the BatchNorm CNN with augmentation.
@@ -76,12 +80,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--parallel", default="none", choices=("none", "pmap", "mesh"),
                         help="data parallelism over local devices")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"),
-                        help="folder for reproduce.md/.json/.png")
+                        help="folder for reproduce-<hardware>.json and .png")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop every run after this many steps (development runs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 seed, 1 epoch of at most 100 steps per row (the file says "
+                        "quick)")
     parser.add_argument("--progress", action="store_true", help="per-run progress bars")
     parser.add_argument("--keras", action="store_true",
                         help="also run the small-CNN rows the tutorial's way in Keras "
                         "(ImageDataGenerator fit/flow + Sequential fit), same seeds")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.max_steps = 1, 1, args.max_steps or 100
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
@@ -98,25 +109,26 @@ def _data_dir(arg):
 
 
 def run(args) -> dict:
-    from jaxscale import training
     from jaxscale.data.datasets import load_dataset
+    from jaxscale.training.config import TrainConfig
+    from jaxscale.training.loop import train
 
     data_dir = _data_dir(args.data_dir)
     train_data = load_dataset("mnist", "train", data_dir=data_dir)
     test_data = load_dataset("mnist", "test", data_dir=data_dir)
     results = {"epochs": args.epochs, "seeds": args.seeds, "batch_size": args.batch_size,
-               "rows": {}}
+               "max_steps": args.max_steps, "rows": {}}
     for name in args.rows:
         row = ROWS[name]
         model, scaling = row.model, row.scaling
         runs = []
         for seed in range(args.seeds):
-            config = training.TrainConfig(model=model, scaling=scaling, augment=row.augment,
-                                          epochs=args.epochs, batch_size=args.batch_size,
-                                          schedule=row.schedule, seed=seed,
-                                          parallel=args.parallel)
+            config = TrainConfig(model=model, scaling=scaling, augment=row.augment,
+                                 epochs=args.epochs, batch_size=args.batch_size,
+                                 schedule=row.schedule, seed=seed, parallel=args.parallel)
             start = time.perf_counter()
-            result = training.train(config, train_data, test_data, progress=args.progress)
+            result = train(config, train_data, test_data, progress=args.progress,
+                           max_steps=args.max_steps)
             curve = [h["test_accuracy"] * 100 for h in result.history]
             runs.append({"seed": seed, "test_accuracy": curve,
                          "seconds": time.perf_counter() - start, "history": result.history})
@@ -136,10 +148,11 @@ def run(args) -> dict:
 def _keras_runs(name, row, args, train_data, test_data) -> list[float] | None:
     """The row's final test accuracy per seed, run by Keras; None without keras."""
     from benchmarks import keras_peer
-    from jaxscale.training import augment_config
+    from jaxscale.augmentation import keras_keywords
+    from jaxscale.training.config import resolve_augment
 
-    augment = augment_config(row.augment)
-    keywords = None if augment is None else keras_peer.keras_augment_keywords(augment)
+    augment = resolve_augment(row.augment)
+    keywords = None if augment is None else keras_keywords(augment)
     accuracies = []
     for seed in range(args.seeds):
         start = time.perf_counter()
@@ -186,41 +199,41 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def run_metadata(args) -> dict:
+    """Device, versions and the commit measured; `quick` unless the full table ran."""
+    import jax
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, row in results["rows"].items():
-        curves = np.array([r["test_accuracy"] for r in row["runs"]])
-        epochs = np.arange(1, curves.shape[1] + 1)
-        line, = ax.plot(epochs, curves.mean(0), marker="o", label=f"{name} (ours)")
-        ax.axhline(row.get("bar", row["tutorial"]), color=line.get_color(), linestyle=":",
-                   linewidth=1)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("MNIST test accuracy (dotted: the row's bar)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from benchmarks import report
+
+    device = jax.devices()[0]
+    full = (args.epochs >= 5 and args.seeds >= 3 and set(args.rows) == set(ROWS)
+            and args.max_steps is None)
+    return {"time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            **report.provenance(), "quick": not full, "backend": jax.default_backend(),
+            "device": getattr(device, "device_kind", str(device)),
+            "device_count": jax.device_count(), "host_cpus": os.cpu_count(),
+            "cpu_model": report.cpu_model(),
+            "versions": {name: report.version_of(name) for name in
+                         ("jax", "jaxlib", "flax", "optax", "numpy", "keras", "jaxscale")}}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from jaxscale.cpu import tune_host_allocator
     print(f"host allocator: {tune_host_allocator()}", flush=True)
+    from benchmarks import report
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = run(args)
-    table = markdown(results)
-    (out / "reproduce.md").write_text(table)
-    (out / "reproduce.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "reproduce.png")
-    print(table)
-    print(f"wrote {out / 'reproduce.md'}, {out / 'reproduce.json'}, {out / 'reproduce.png'}")
+    meta = run_metadata(args)
+    results = {"meta": meta, **run(args)}
+    name = f"reproduce-{report.hardware_name(meta['backend'], meta['device'])}"
+    json_path = out / f"{name}.json"
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    report.write_accuracy_chart(results, out / f"{name}.png", source=json_path)
+    print(markdown(results))
+    print(f"wrote {json_path} and {out / f'{name}.png'}")
     return 0
 
 

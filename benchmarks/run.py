@@ -4,11 +4,16 @@
 
 Sections (each a module of this package): stats (dataset statistics vs NumPy / Keras `fit`),
 scaling (scaling alone vs Keras `flow`, as a fraction of the measured memory or compute
-roofline), train (the BN CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs Keras'
-`flow`, and its share of the train step) and pipeline (device-resident vs streaming input). A
-section that fails is reported as n/a with why, and the others still run.
+roofline, whichever bounds the mode), flow (the public `flow` / `flow_from_directory` at batch
+64 vs Keras', with issue 15's bars), train (the BN CNN's step with each mode fused, vs Keras
+`train_on_batch`), augment (the seed recipe vs Keras' `flow`, and its share of the train step)
+and pipeline (device-resident vs streaming input). A section that fails is reported as n/a
+with why, and the others still run.
 
-Writes `<out>/latest.json` (+ a timestamped copy) and `<out>/latest.png`, and prints a table.
+Writes `<out>/bench-<hardware>.json` (`bench-cpu.json`, `bench-h100.json`, ...: device,
+versions, commit, every repeat) and its chart `<out>/bench-<hardware>.png`, and prints a table.
+The files under benchmarks/results/ are committed: the docs' tables are generated from them
+(`python -m benchmarks.report --docs`).
 Method: warm-up excluded, `block_until_ready`, median and spread of repeats, rotated buffers.
 """
 
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import os
 import platform
 import sys
@@ -27,35 +31,22 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-SECTIONS = ("stats", "scaling", "train", "augment", "pipeline")
+from benchmarks.sizes import settings  # noqa: E402
+
+SECTIONS = ("stats", "scaling", "flow", "train", "augment", "pipeline")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
-def _version(module: str) -> str | None:
-    try:
-        return getattr(importlib.import_module(module), "__version__", "unknown")
-    except ImportError:
-        return None
-
-
-def cpu_model() -> str:
-    """The host CPU's model name (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run_metadata(source: str, quick: bool) -> dict:
-    """Device, versions and data source for the JSON file."""
+    """Device, versions, the commit measured and the data source, for the JSON file."""
     import jax
+
+    from benchmarks.report import cpu_model, provenance, version_of
 
     device = jax.devices()[0]
     return {
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
         "quick": quick,
         "data_source": source,
         "backend": jax.default_backend(),
@@ -66,29 +57,11 @@ def run_metadata(source: str, quick: bool) -> dict:
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "host": platform.platform(),
         "python": platform.python_version(),
-        "versions": {name: _version(name) for name in
+        "versions": {name: version_of(name) for name in
                      ("jax", "jaxlib", "flax", "optax", "numpy", "keras", "jaxscale")},
         "method": "warm-up excluded; jax.block_until_ready before each clock read; median "
                   "and spread ((max-min)/median) over repeats; several input buffers rotated",
     }
-
-
-def settings(quick: bool) -> dict:
-    """Sizes per section: the full run fits in 10 minutes on 2 CPU cores, quick in 2."""
-    if quick:
-        return {"stats": {"repeats": 3, "modes": ("standardize",)},
-                "scaling": {"batch_size": 2048, "buffers": 4, "repeats": 3,
-                            "keras_batches": 2, "roofline_repeats": 10},
-                "train": {"steps": 5, "warmup": 1, "modes": ("none", "standardize")},
-                "augment": {"buffers": 2, "repeats": 3, "flow_batches": 3, "keras_batches": 2,
-                            "fused_batch_sizes": (64,), "fused_rounds": 3},
-                "pipeline": {"repeats": 2}}
-    return {"stats": {"repeats": 5},
-            "scaling": {"batch_size": 4096, "buffers": 8, "repeats": 5, "keras_batches": 4},
-            "train": {"steps": 20, "warmup": 3},
-            "augment": {"buffers": 8, "repeats": 5, "flow_batches": 12, "keras_batches": 6,
-                        "fused_batch_sizes": (64, 512), "fused_rounds": 10},
-            "pipeline": {"repeats": 5}}
 
 
 def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:
@@ -100,6 +73,9 @@ def run_section(section: str, data, quick: bool, keras: bool) -> list[dict]:
     if section == "scaling":
         from benchmarks import bench_scaling
         return bench_scaling.run(data.images, keras=keras, **sizes)
+    if section == "flow":
+        from benchmarks import bench_flow
+        return bench_flow.run(data.images, data.labels, keras=keras, **sizes)
     if section == "train":
         from benchmarks import bench_train
         return bench_train.run(data.images, data.labels, keras=keras, **sizes)
@@ -118,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the under-2-minutes variant")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="folder for latest.json and latest.png (default: %(default)s)")
+                        help="folder for bench-<hardware>.json and .png (default: %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with MNIST's four .gz files (default: $JAXSCALE_DATA_DIR "
                              "or ../shared/data/mnist; synthetic data when absent)")
@@ -175,12 +151,10 @@ def main(argv=None) -> dict:
     meta["total_seconds"] = time.perf_counter() - started
     # a busy host (other jobs on the cores) inflates spreads: keep the load next to results
     meta["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    out = args.out
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    json_path = report.write_json(out / "latest.json", meta, rows)
-    report.write_json(out / f"bench-{meta['backend']}-{stamp}.json", meta, rows)
-    chart = report.write_chart(out / "latest.png", rows,
-                               title=f"{meta['device']} ({meta['backend']}), {data.source}")
+    name = f"bench-{report.hardware_name(meta['backend'], meta['device'])}"
+    json_path = report.write_json(args.out / f"{name}.json", meta, rows)
+    chart = report.write_chart(args.out / f"{name}.png", rows, source=json_path,
+                               title=report.chart_title("make bench", meta))
     print(report.format_table(rows))
     print(f"\n{meta['total_seconds']:.0f} s; wrote {json_path}"
           + (f" and {chart}" if chart else

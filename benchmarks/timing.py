@@ -7,6 +7,7 @@ several input buffers so that a cache holding the last input does not flatter th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -144,15 +145,30 @@ def device_batches(images, batch_size: int, buffers: int) -> list:
     return [jax.device_put(images[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
 
 
-def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    """Seconds of the fastest of `repeats` calls of `fn`, after one warm-up call.
+# ---------------------------------------------------------------------------- compile counter
 
-    `fn` must block on its own result (e.g. end with `jax.block_until_ready`).
-    """
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compile_counters: list[list[int]] = []
+_listener_registered = False
+
+
+def _on_event(event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event == _COMPILE_EVENT:
+        for counter in _compile_counters:
+            counter[0] += 1
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA compilations inside the block: `with count_compiles() as n: ...; n[0]`."""
+    global _listener_registered
+    if not _listener_registered:
+        jax.monitoring.register_event_duration_secs_listener(_on_event)
+        _listener_registered = True
+    counter = [0]
+    _compile_counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _compile_counters.remove(counter)

@@ -1,6 +1,6 @@
-"""`python -m jaxscale ...` runs the command line (see `jaxscale.cli`)."""
+"""`python -m jaxscale ...` runs the command line (see `jaxscale.training.cli`)."""
 
-from jaxscale.cli import main
+from jaxscale.training.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -30,6 +30,11 @@ Deviations from Keras, all documented here:
 - `brightness` multiplies pixel values (clipped to [0, 255], or to the image's own range when
   it lies outside [0, 255], as Keras) without Keras' round trip through an 8-bit PIL image,
   so there is no quantisation and float images in [0, 1] are not truncated to 0/1.
+- `fill_mode="constant"` fills exactly where scipy (float64) does, except for source
+  coordinates within float32 rounding of an edge (`border_tolerance`: about 4e-5 px on
+  28x28), which count as inside: float32 cannot tell their side, and mathematically they are
+  on the edge. Keras' float64 arithmetic puts some exact-edge coordinates just outside
+  (a 180 degree rotation of a 28x28 image fills 26 border pixels with cval there).
 - `fill_mode="wrap"` is scipy's (and so Keras') "wrap": coordinates wrap with period n-1
   (first and last pixel overlap). "grid-wrap" (period n, like `jnp.roll`) is offered as well.
 """
@@ -46,13 +51,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscale.validation import DataFormat, check_data_format, check_images
+from jaxscale.validation import (
+    DataFormat,
+    as_array,
+    check_data_format,
+    check_images,
+    check_representable,
+    finite,
+    raise_on_flags,
+)
 
 FILL_MODES = ("constant", "nearest", "reflect", "wrap", "grid-wrap")
 INTERPOLATION_ORDERS = (0, 1)
-# Coordinates within this of the border still count as inside in "constant" mode: float32
-# matrices put an exact border pixel a few ulps outside, where scipy (float64) is inside.
-_BORDER_TOLERANCE = 1e-3
+# "constant" mode decides inside/outside per coordinate, as scipy does in float64 (inside iff
+# 0 <= coordinate <= n - 1). A float32 coordinate differs from scipy's float64 one by at most
+# about eps32 * ((|m0| + |m1|) * (H + W) + |m2|) for its matrix row m (measured worst case
+# 1.8x that over random rotation/shift/shear/zoom up to 3x, sizes 17 to 224); coordinates
+# within _BORDER_ULPS times that of an edge are on it up to rounding and count as inside, as
+# scipy counts an exact edge coordinate. Anything farther out is outside, as in scipy.
+_BORDER_ULPS = 4.0
 
 ShiftRange = float | int | tuple[float, ...]
 
@@ -165,6 +182,14 @@ SEED_RECIPE = AugmentConfig(rotation_range=8, width_shift_range=0.08, height_shi
 
 AUGMENTATION_KEYWORDS = tuple(f.name for f in dataclasses.fields(AugmentConfig)
                               if f.name != "data_format")
+
+
+def keras_keywords(config: AugmentConfig) -> dict:
+    """The keywords of Keras' ImageDataGenerator that augment as `config` does: the fields
+    that differ from the defaults (both use Keras' names and defaults). The benchmarks' Keras
+    peer, the tests and the CLI's help state `SEED_RECIPE` through this."""
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+            if getattr(config, field.name) != field.default}
 
 
 def augment_config(data_format: str | None = None, **keras_kwargs) -> AugmentConfig:
@@ -326,6 +351,15 @@ def _wrap_coordinate(coord: jax.Array, size: int) -> jax.Array:
     return jnp.where(inside, coord, jnp.mod(coord, size - 1))
 
 
+def border_tolerance(matrix: jax.Array, image_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """(row, column) distance from an edge within which a float32 source coordinate of
+    `matrix` (float32[3, 3]) is on the edge up to rounding (see `_BORDER_ULPS`)."""
+    eps = jnp.finfo(jnp.float32).eps
+    size = float(sum(image_hw))
+    m = jnp.abs(matrix)
+    return tuple(_BORDER_ULPS * eps * ((m[k, 0] + m[k, 1]) * size + m[k, 2]) for k in (0, 1))
+
+
 def resample(image: jax.Array, matrix: jax.Array, *, fill_mode: str = "nearest",
              cval: float = 0.0, order: int = 1) -> jax.Array:
     """One image read at `matrix @ (r, c, 1)` for every output pixel (r, c).
@@ -347,9 +381,9 @@ def resample(image: jax.Array, matrix: jax.Array, *, fill_mode: str = "nearest",
     src_c = matrix[1, 0] * rows + matrix[1, 1] * cols + matrix[1, 2]
     inside = None
     if fill_mode == "constant":
-        tol = _BORDER_TOLERANCE
-        inside = ((src_r >= -tol) & (src_r <= height - 1 + tol)
-                  & (src_c >= -tol) & (src_c <= width - 1 + tol))
+        tol_r, tol_c = border_tolerance(matrix, (height, width))
+        inside = ((src_r >= -tol_r) & (src_r <= height - 1 + tol_r)
+                  & (src_c >= -tol_c) & (src_c <= width - 1 + tol_c))
         src_r = jnp.clip(src_r, 0, height - 1)
         src_c = jnp.clip(src_c, 0, width - 1)
     elif fill_mode == "wrap":
@@ -436,6 +470,7 @@ def augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Arr
     Returns:
       float32 images, same shape and layout.
     """
+    images = as_array(images)
     check_images(images, config.data_format)
     images = jnp.asarray(images)
     if config.is_identity:
@@ -445,20 +480,92 @@ def augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Arr
     return apply_transforms(images, transforms, config)
 
 
-augment_jit = jax.jit(augment, static_argnames="config")
-apply_transforms_jit = jax.jit(apply_transforms, static_argnames="config")
+def _augment_and_flags(key, images, config: AugmentConfig):
+    out = augment(key, images, config)
+    return out, jnp.stack([finite(images), finite(out)])
+
+
+def _apply_and_flags(images, transforms: Transforms, config: AugmentConfig):
+    out = apply_transforms(images, transforms, config)
+    parameters = jnp.all(jnp.stack([finite(v) for v in jax.tree_util.tree_leaves(transforms)]))
+    return out, jnp.stack([finite(images), parameters, finite(out)])
+
+
+_augment_unchecked = jax.jit(augment, static_argnames="config")
+_augment_checked = jax.jit(_augment_and_flags, static_argnames="config")
+_apply_unchecked = jax.jit(apply_transforms, static_argnames="config")
+_apply_checked = jax.jit(_apply_and_flags, static_argnames="config")
+_IMAGES_NOT_FINITE = "images contains NaN or inf values"
+_OUTPUT_NOT_FINITE = ("the augmented images hold NaN or inf although the images are finite "
+                      "(float32 overflow of values near 3.4e38)")
+
+
+def augment_jit(key: jax.Array, images, config: AugmentConfig, *,
+                check: bool = True) -> jax.Array:
+    """`augment` compiled once per (config, shape, dtype), checked for NaN and inf.
+
+    check: compute in the same compiled call whether the images and the output are finite
+    and raise ValueError if not (one reduction each and a 2-bool device-to-host read per
+    call); False skips both.
+    """
+    images = as_array(images)
+    check_representable(images)
+    if not check:
+        return _augment_unchecked(key, images, config)
+    out, flags = _augment_checked(key, images, config)
+    raise_on_flags(flags, (_IMAGES_NOT_FINITE, _OUTPUT_NOT_FINITE), caller="augment_jit")
+    return out
+
+
+def apply_transforms_jit(images, transforms: Transforms, config: AugmentConfig, *,
+                         check: bool = True) -> jax.Array:
+    """`apply_transforms` compiled once per (config, shape, dtype), checked for NaN and inf
+    in the images, the transform parameters and the output (see `augment_jit`)."""
+    images = as_array(images)
+    check_representable(images)
+    if not check:
+        return _apply_unchecked(images, transforms, config)
+    out, flags = _apply_checked(images, transforms, config)
+    raise_on_flags(flags, (_IMAGES_NOT_FINITE,
+                           "the transform parameters hold NaN or inf values",
+                           _OUTPUT_NOT_FINITE), caller="apply_transforms_jit")
+    return out
+
+
+TRANSFORM_DEFAULTS = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0,
+                      "flip_horizontal": 0.0, "flip_vertical": 0.0,
+                      "channel_shift_intensity": 0.0, "brightness": 1.0}
 
 
 def transforms_from_dicts(params: Sequence[dict]) -> Transforms:
-    """Transforms from Keras `get_random_transform`-style dicts (missing keys: identity)."""
-    defaults = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0,
-                "flip_horizontal": 0.0, "flip_vertical": 0.0,
-                "channel_shift_intensity": 0.0, "brightness": 1.0}
-    columns = {name: [] for name in defaults}
-    for p in params:
-        for name, default in defaults.items():
+    """Transforms from Keras `get_random_transform`-style dicts (missing keys: identity).
+
+    Raises:
+      ValueError: a parameter set that is not a dict, an unknown key (Keras would ignore a
+        misspelt one silently), or a value that is not a finite real number (NaN would turn
+        every output pixel into NaN).
+    """
+    columns = {name: [] for name in TRANSFORM_DEFAULTS}
+    for index, p in enumerate(params):
+        if not isinstance(p, dict):
+            raise ValueError(f"transform parameters must be dicts with Keras' keys, got "
+                             f"{type(p).__name__} at index {index}")
+        unknown = sorted(set(p) - set(TRANSFORM_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown transform parameter(s) {unknown}; known: "
+                             f"{sorted(TRANSFORM_DEFAULTS)}")
+        for name, default in TRANSFORM_DEFAULTS.items():
             value = p.get(name, default)
-            columns[name].append(default if value is None else float(value))
+            if value is None:
+                value = default
+            if isinstance(value, (str, bytes)) or np.ndim(value) != 0 or (
+                    np.asarray(value).dtype.kind not in "biuf"):
+                raise ValueError(f"transform parameter {name!r} must be a real number, got "
+                                 f"{type(value).__name__} {value!r}")
+            value = float(value)
+            if not np.isfinite(value):
+                raise ValueError(f"transform parameter {name!r} must be finite, got {value}")
+            columns[name].append(value)
     return Transforms(**{k: jnp.asarray(v, jnp.float32) for k, v in columns.items()})
 
 

@@ -10,33 +10,28 @@ Each execution of a compiled XLA:CPU program allocates its temporary buffer (ten
 train step at batch 64) with `malloc` and frees it at the end. glibc serves requests above its
 mmap threshold (at most 32 MiB when adjusted dynamically) with a fresh `mmap` and returns them
 to the OS on free, and trims the top of its heap when more than 128 KiB is free there. So every
-step faults in every page of its scratch memory again; on virtual machines that return freed
-pages to the host (page reporting, ballooning) those faults are expensive. Measured on this
-project's 2-core CPU VM: the BN CNN's train step at batch 64 went from ~500 to ~780 images/s,
-and Keras 3's (JAX backend) from ~500 to ~830-950, with nothing else changed.
+step faults in every page of its scratch memory again, which is expensive on virtual machines
+that return freed pages to the host (page reporting, ballooning).
 
 `tune_host_allocator` raises both thresholds with `mallopt`, so large buffers come from the
 heap and stay there for the next step. It also caps glibc at one arena (`M_ARENA_MAX`, as
 `MALLOC_ARENA_MAX=1` does): XLA's worker threads otherwise allocate from per-thread arenas,
-whose memory kept being handed back and faulted in again despite the thresholds. With XLA's own
-(Eigen) convolutions, which allocate their packing buffers on the worker threads, the BN CNN
-train step took ~6,000-10,000 minor page faults per step and 12-21 ms of kernel time; with one
-arena, ~50 faults and under 1 ms. The cost: memory freed by the process is kept (up to
-`trim_threshold`) rather than given back to the OS, and threads share one malloc lock (XLA's
-buffers are few and large, so it is not contended). It is a no-op off glibc (macOS, musl,
-Windows) and when the environment sets `JAXSCALE_TUNE_ALLOCATOR=0`.
+whose memory kept being handed back and faulted in again despite the thresholds (XLA's own
+convolutions allocate their packing buffers on those threads). The cost: memory freed by the
+process is kept (up to `trim_threshold`) rather than given back to the OS, and threads share
+one malloc lock (XLA's buffers are few and large, so it is not contended). It is a no-op off
+glibc (macOS, musl, Windows) and when the environment sets `JAXSCALE_TUNE_ALLOCATOR=0`.
 
-The `jaxscale` command and the benchmarks call it at start-up; library users opt in.
+The `jaxscale` command and the benchmarks call it at start-up; library users opt in. What it
+gained on the project's machines: docs/performance.md.
 
 ## 2. XLA's own convolutions: `step_compiler_options(devices)`
 XLA compiler options for the compiled train and eval steps: XLA:CPU's own convolutions.
 
 jaxlib 0.10's XLA:CPU hands convolutions, dots and reductions to the YNNPACK library by
-default (`xla_cpu_experimental_ynn_fusion_type`). For the convolutions of these CNNs YNNPACK is
-the slow choice: on this project's 2-core AMD EPYC (AVX-512) host, the BN CNN's 26x26x32 -> 32
-convolution at batch 64 took 11.4 ms through YNNPACK and 3.8 ms through XLA's built-in (Eigen)
-convolution, and the whole BN CNN train step ran at ~1,500 instead of ~1,000 images/s
-(batch 64, interleaved in one process), ~1,000 instead of ~400 at batch 512.
+default (`xla_cpu_experimental_ynn_fusion_type`). For the convolutions of these CNNs YNNPACK
+was the slower choice on the CPUs this project measured (docs/performance.md), so the steps
+jaxscale compiles for CPU devices take convolutions off it.
 
 `step_compiler_options(devices)` returns the `compiler_options` that keep dots and reductions
 on YNNPACK and take convolutions off it, for steps compiled for CPU devices; `{}` elsewhere
@@ -171,7 +166,8 @@ def step_compiler_options(devices) -> dict[str, str]:
 def _accepted_options() -> tuple[tuple[str, str], ...]:
     """The options if this jaxlib's CPU compiler accepts them, else () (checked once)."""
     options = {YNN_FUSION_OPTION: YNN_WITHOUT_CONVOLUTIONS}
-    probe = jax.device_put(np.zeros((1, 3, 3, 1), np.float32), jax.devices("cpu")[0])
+    probe = jax.device_put(np.zeros((1, 3, 3, 1), np.float32),
+                           jax.local_devices(backend="cpu")[0])
     try:
         jax.jit(_probe_convolution, compiler_options=options).lower(probe).compile()
     except Exception:  # noqa: BLE001 - an unknown option or enum value: keep XLA's defaults

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Callable, Iterable
+from typing import Callable
 
 import flax.struct
 import jax
@@ -34,7 +34,15 @@ import numpy as np
 from jaxscale import statistics
 from jaxscale.reductions import sum_middle_axis
 from jaxscale.statistics import Scope
-from jaxscale.validation import DataFormat, check_data_format, check_images
+from jaxscale.validation import (
+    DataFormat,
+    as_array,
+    check_data_format,
+    check_images,
+    check_representable,
+    finite,
+    raise_on_flags,
+)
 
 STD_EPSILON = 1e-6  # Keras adds this to every std it divides by
 OUTPUT_DTYPES = ("float32", "bfloat16")
@@ -124,6 +132,24 @@ MODES: dict[str, ScalingConfig] = {
                                         samplewise_std_normalization=True),
     "zca": ScalingConfig(featurewise_center=True, zca_whitening=True),
 }
+
+
+def keras_keywords(config: ScalingConfig) -> dict:
+    """The keywords of Keras' ImageDataGenerator that scale as `config` does.
+
+    The fields Keras knows (every field but `statistics_scope`, with Keras' names and
+    defaults) where they differ from the defaults, so `ImageDataGenerator(**keras_keywords(c))`
+    builds `c` in Keras and in jaxscale alike. The one table of mode -> Keras keywords: the
+    README's mode table, the benchmarks' Keras peer and the tests read it from here.
+
+    Raises:
+      ValueError: `config` has no Keras equivalent (`statistics_scope` other than "channel").
+    """
+    if config.statistics_scope != "channel":
+        raise ValueError(f"Keras has no statistics_scope={config.statistics_scope!r}: its "
+                         "featurewise statistics are per channel")
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+            if field.name != "statistics_scope" and getattr(config, field.name) != field.default}
 
 
 def scaling_config(mode: str | ScalingConfig, **overrides) -> ScalingConfig:
@@ -217,6 +243,61 @@ def _check_params(images, config: ScalingConfig, params: ScalingParams | None) -
                          f"of shape {shape} need {(math.prod(hwc),) * 2}")
 
 
+_PARAM_FIELDS = ("mean", "std", "zca_matrix")
+
+
+def _used_params(config: ScalingConfig, params: ScalingParams | None) -> dict:
+    """The fitted arrays `config` uses: {field: array}."""
+    if params is None:
+        return {}
+    used = {"mean": config.featurewise_center, "std": config.featurewise_std_normalization,
+            "zca_matrix": config.zca_whitening}
+    return {name: getattr(params, name) for name in _PARAM_FIELDS
+            if used[name] and getattr(params, name) is not None}
+
+
+def check_params(params: ScalingParams | None, config: ScalingConfig | None = None, *,
+                 name: str = "params") -> None:
+    """Validates fitted numbers on the host: a ScalingParams (or None), float arrays,
+    mean and std of one shape, a square 2-D ZCA matrix, all finite, std >= 0.
+
+    With `config`, only the arrays it uses are checked for values. No-op under tracing
+    (`scale_jit` checks the values on device instead).
+
+    Raises:
+      ValueError: naming `name`'s field and what is wrong with it.
+    """
+    if params is None:
+        return
+    if not isinstance(params, ScalingParams):
+        raise ValueError(f"{name} must be a ScalingParams (from fit_scaling or load_scaling), "
+                         f"got {type(params).__name__}")
+    arrays = {field: getattr(params, field) for field in _PARAM_FIELDS
+              if getattr(params, field) is not None}
+    for field, value in arrays.items():
+        if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            raise ValueError(f"{name}.{field} must be a float array, got "
+                             f"{jnp.result_type(value)}")
+    if "mean" in arrays and "std" in arrays and (
+            np.shape(arrays["mean"]) != np.shape(arrays["std"])):
+        raise ValueError(f"{name}.mean has shape {np.shape(arrays['mean'])} but {name}.std "
+                         f"{np.shape(arrays['std'])}: they must be statistics of one scope")
+    zca = arrays.get("zca_matrix")
+    if zca is not None and (np.ndim(zca) != 2 or np.shape(zca)[0] != np.shape(zca)[1]):
+        raise ValueError(f"{name}.zca_matrix must be a square [D, D] matrix, got shape "
+                         f"{np.shape(zca)}")
+    checked = _used_params(config, params) if config is not None else arrays
+    if any(isinstance(v, jax.core.Tracer) for v in checked.values()):
+        return
+    # On the host with NumPy: inside a trace (scale() in a train step, with the params
+    # closed over) a jnp operation would be staged, not evaluated.
+    for field, value in checked.items():
+        if not np.isfinite(np.asarray(value)).all():
+            raise ValueError(f"{name}.{field} holds NaN or inf values")
+    if "std" in checked and (np.asarray(checked["std"]) < 0).any():
+        raise ValueError(f"{name}.std holds negative values: a standard deviation is >= 0")
+
+
 def scale(images: jax.Array, config: ScalingConfig,
           params: ScalingParams | None = None) -> jax.Array:
     """Applies a scaling config to a batch of images. Pure; jit with `config` static.
@@ -232,9 +313,12 @@ def scale(images: jax.Array, config: ScalingConfig,
 
     Raises:
       ValueError: bad images (rank, channels, dtype, empty, non-finite when concrete), a
-        featurewise mode without params, or params fitted on a different image shape.
+        featurewise mode without params, params fitted on a different image shape, or (when
+        concrete) params holding NaN, inf or a negative std.
     """
+    images = as_array(images)
     check_images(images, config.data_format)
+    check_params(params, config)
     _check_params(images, config, params)
     x = _samplewise_and_before(jnp.asarray(images), config)
     if config.featurewise_center:
@@ -254,8 +338,56 @@ def _apply_zca(x: jax.Array, matrix: jax.Array, data_format: DataFormat) -> jax.
     return white if data_format == "channels_last" else jnp.transpose(white, (0, 3, 1, 2))
 
 
-scale_jit = jax.jit(scale, static_argnames=("config",))
-scale_jit.__doc__ = "`scale` compiled once per (config, shape, dtype)."
+def _scale_and_flags(images, config: ScalingConfig, params: ScalingParams | None):
+    """`scale` and, in the same program, bool[5]: images finite, each used params array
+    valid (mean finite, std finite and >= 0, ZCA matrix finite), output finite."""
+    out = scale(images, config, params)
+    used = _used_params(config, params)
+    std = used.get("std")
+    flags = [finite(images),
+             finite(used["mean"]) if "mean" in used else jnp.bool_(True),
+             jnp.all(jnp.isfinite(std) & (std >= 0)) if std is not None else jnp.bool_(True),
+             finite(used["zca_matrix"]) if "zca_matrix" in used else jnp.bool_(True),
+             finite(out)]
+    return out, jnp.stack(flags)
+
+
+_SCALE_MESSAGES = (
+    "images contains NaN or inf values",
+    "params.mean holds NaN or inf values",
+    "params.std holds NaN, inf or negative values",
+    "params.zca_matrix holds NaN or inf values",
+    "the scaled images hold NaN or inf although the images and params are finite: float32 "
+    "overflowed (values times rescale, or over a tiny std, beyond 3.4e38) or the "
+    "preprocessing_function produced them",
+)
+_scale_unchecked = jax.jit(scale, static_argnames=("config",))
+_scale_checked = jax.jit(_scale_and_flags, static_argnames=("config",))
+
+
+def scale_jit(images, config: ScalingConfig, params: ScalingParams | None = None, *,
+              check: bool = True) -> jax.Array:
+    """`scale` compiled once per (config, shape, dtype), checked for NaN and inf.
+
+    Args:
+      images, config, params: as `scale`; images may be any array-like.
+      check: compute, in the same compiled call, whether the images, the params the config
+        uses and the output are finite (and std >= 0), and raise if not. Costs one
+        reduction per checked array and a device-to-host read of 5 bools per call (the
+        `scale_checked` rows of `make bench`); False skips both and returns as soon as the
+        call is dispatched.
+
+    Raises:
+      ValueError: as `scale`; with `check`, NaN/inf images or params, a negative std, or an
+        output that overflowed float32.
+    """
+    images = as_array(images)
+    check_representable(images)
+    if not check:
+        return _scale_unchecked(images, config, params)
+    out, flags = _scale_checked(images, config, params)
+    raise_on_flags(flags, _SCALE_MESSAGES, caller="scale_jit")
+    return out
 
 
 @flax.struct.dataclass
@@ -295,10 +427,19 @@ def _fit_batch(carry, images: jax.Array, config: "ScalingConfig"):
     moments) of a batch as the featurewise steps see it."""
     stats, moments = carry
     x = _to_last(_samplewise_and_before(images, config), config.data_format)
-    stats = statistics.merge_stats(stats, statistics.batch_stats(x, scope=stats.scope))
+    # With nothing before the featurewise steps, the statistics are those of the raw images,
+    # and 8-bit integer images get batch_stats' exact integer path.
+    raw = _to_last(images, config.data_format) if _identity_before_featurewise(config) else x
+    stats = statistics.merge_stats(stats, statistics.batch_stats(raw, scope=stats.scope))
     if config.zca_whitening:
         moments = _merge_moments(moments, _batch_moments(x.reshape(x.shape[0], -1)))
     return stats, moments
+
+
+def _identity_before_featurewise(config: ScalingConfig) -> bool:
+    """Whether `_samplewise_and_before` only converts to float32."""
+    return (config.preprocessing_function is None and not config.rescale
+            and not config.samplewise_center and not config.samplewise_std_normalization)
 
 
 def _zca_matrix(moments: SecondMoments, channel_mean: np.ndarray, epsilon: float,
@@ -364,6 +505,11 @@ def fit_scaling(config: ScalingConfig, images, *, batch_size: int | None = None,
         progress=progress, desc="fit scaling")
     if seen == 0:
         raise ValueError("fit_scaling got no images")
+    what = "images" if _identity_before_featurewise(config) else "the images as scaled"
+    statistics.check_stats_finite(stats, first.dtype, caller="fit_scaling", what=what)
+    if config.zca_whitening and not bool(jnp.all(jnp.isfinite(moments.comoment))):
+        raise ValueError(f"fit_scaling: the ZCA second moments of {what} overflow float32; "
+                         "scale the data down first (e.g. rescale)")
     zca = None
     if config.zca_whitening:
         zca = jnp.asarray(_zca_matrix(moments, np.asarray(stats.mean), config.zca_epsilon,
@@ -378,22 +524,21 @@ def _to_last(x, data_format):
     return x if data_format == "channels_last" else jnp.transpose(x, (0, 2, 3, 1))
 
 
-def iter_batches(images, batch_size: int) -> Iterable:
-    """Plain consecutive slices of an array (the streaming form `fit_scaling` accepts)."""
-    for start in range(0, images.shape[0], batch_size):
-        yield images[start:start + batch_size]
-
-
 _CONFIG_FIELDS = ("rescale", "samplewise_center", "samplewise_std_normalization",
                   "featurewise_center", "featurewise_std_normalization", "zca_whitening",
                   "zca_epsilon", "statistics_scope", "data_format", "dtype")
 
 
-def save_scaling(path, config: ScalingConfig, params: ScalingParams) -> None:
+def save_scaling(path, config: ScalingConfig, params: ScalingParams | None) -> None:
     """Writes a config and its fitted numbers to one `.npz`, to serve a model as trained.
 
     A `preprocessing_function` cannot be stored (it is code): it is refused here, and the
-    caller passes it again to `load_scaling`.
+    caller passes it again to `load_scaling`. `params` may be None for a config that needs
+    no fit.
+
+    Raises:
+      ValueError: not a ScalingConfig, params missing or invalid for the config (NaN, a
+        negative std, missing fields), a preprocessing_function, or a suffix other than .npz.
     """
     import json
     from pathlib import Path
@@ -401,37 +546,87 @@ def save_scaling(path, config: ScalingConfig, params: ScalingParams) -> None:
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"scaling files end in .npz, got {path.name!r}")
+    if not isinstance(config, ScalingConfig):
+        raise ValueError(f"save_scaling takes a ScalingConfig, got {type(config).__name__}")
     if config.preprocessing_function is not None:
         raise ValueError("a preprocessing_function is code and cannot be saved; save the "
                          "config without it and pass it to load_scaling(..., "
                          "preprocessing_function=...)")
+    if params is None:
+        if config.needs_fit:
+            raise ValueError("save_scaling got params=None for a config that needs fitted "
+                             "statistics: pass fit_scaling(config, train_images)")
+        params = ScalingParams()
+    check_params(params, config)
+    missing = [name for name in ("mean", "std", "zca_matrix")
+               if _uses(config, name) and getattr(params, name) is None]
+    if missing:
+        raise ValueError(f"save_scaling: the config uses {missing} but params lacks them: "
+                         "were they fitted for another config?")
     arrays = {name: np.asarray(getattr(params, name))
               for name in ("mean", "std", "zca_matrix") if getattr(params, name) is not None}
     if params.stats is not None:
         arrays.update({f"stats_{k}": np.asarray(getattr(params.stats, k))
-                       for k in ("count", "mean_hi", "mean_lo", "m2_hi", "m2_lo")})
-    meta = {"config": {k: getattr(config, k) for k in _CONFIG_FIELDS},
+                       for k in statistics.STATS_FIELDS})
+    meta = {"kind": statistics.SCALING_KIND,
+            "config": {k: getattr(config, k) for k in _CONFIG_FIELDS},
             "stats": None if params.stats is None else {
                 "scope": params.stats.scope,
                 "elements_per_image": params.stats.elements_per_image}}
     np.savez(path, meta=json.dumps(meta), **arrays)
 
 
+def _uses(config: ScalingConfig, name: str) -> bool:
+    return {"mean": config.featurewise_center, "std": config.featurewise_std_normalization,
+            "zca_matrix": config.zca_whitening}[name]
+
+
 def load_scaling(path, *, preprocessing_function: Callable | None = None
                  ) -> tuple[ScalingConfig, ScalingParams]:
-    """Reads what `save_scaling` wrote: (config, params)."""
-    import json
+    """Reads what `save_scaling` wrote: (config, params).
 
-    with np.load(path) as archive:
-        meta = json.loads(str(archive["meta"]))
-        arrays = {k: jnp.asarray(archive[k]) for k in archive.files if k != "meta"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # flag implications were already applied when saved
-        config = ScalingConfig(preprocessing_function=preprocessing_function, **meta["config"])
+    Raises:
+      ValueError: naming the file, when it cannot be read, holds something else (statistics
+        from save_stats, other keys) or holds a config or params that cannot be right.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    meta, arrays = statistics.read_saved_npz(path, "scaling")
+    if meta.get("kind") == statistics.STATS_KIND or "config" not in meta:
+        kind = ("statistics (save_stats): read it with load_stats"
+                if meta.get("kind") == statistics.STATS_KIND or "scope" in meta
+                else f"an object with keys {sorted(meta)}")
+        raise ValueError(f"{path}: not a scaling file, it holds {kind}")
+    if not isinstance(meta["config"], dict) or set(meta["config"]) - set(_CONFIG_FIELDS):
+        raise ValueError(f"{path}: its config must be an object with keys among "
+                         f"{_CONFIG_FIELDS}, got {meta['config']!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # flag implications were applied when saved
+            config = ScalingConfig(preprocessing_function=preprocessing_function,
+                                   **meta["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: holds an invalid scaling config: {error}") from None
     stats = None
-    if meta["stats"] is not None:
-        stats = statistics.DatasetStats(
-            **{k: arrays[f"stats_{k}"] for k in ("count", "mean_hi", "mean_lo", "m2_hi",
-                                                  "m2_lo")}, **meta["stats"])
-    return config, ScalingParams(mean=arrays.get("mean"), std=arrays.get("std"),
-                                 zca_matrix=arrays.get("zca_matrix"), stats=stats)
+    if meta.get("stats") is not None:
+        info = meta["stats"]
+        missing = [f"stats_{k}" for k in statistics.STATS_FIELDS if f"stats_{k}" not in arrays]
+        if not isinstance(info, dict) or missing:
+            raise ValueError(f"{path}: its statistics are incomplete (missing {missing})")
+        stats = statistics.checked_loaded_stats(
+            path, arrays["stats_count"],
+            {k: np.asarray(arrays[f"stats_{k}"], np.float32)
+             for k in statistics.STATS_FIELDS[1:]},
+            info.get("scope"), info.get("elements_per_image"))
+    params = ScalingParams(**{name: jnp.asarray(arrays[name]) for name in _PARAM_FIELDS
+                              if name in arrays}, stats=stats)
+    try:
+        check_params(params, config)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    missing = [name for name in _PARAM_FIELDS
+               if _uses(config, name) and getattr(params, name) is None]
+    if missing:
+        raise ValueError(f"{path}: its config uses {missing} but the file lacks them")
+    return config, params

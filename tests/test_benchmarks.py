@@ -90,12 +90,17 @@ def test_real_mnist_when_files_are_there(mnist_dir):
 def test_scaling_rows_on_tiny_input():
     rows = bench_scaling.run(tiny_images(), modes=("none", "standardize", "zca"), batch_size=16,
                              buffers=2, repeats=1, keras=False, roofline_repeats=2,
-                             compute_roofline=roofline.compute_peak(64, repeats=2))
+                             compute_roofline=roofline.compute_peak(64, repeats=2),
+                             check_modes=("standardize",))
     assert [r["name"] for r in rows] == ["copy_roofline", "compute_roofline", "none",
-                                         "standardize", "zca"]
+                                         "standardize", "zca", "standardize/checked"]
     memory, compute = rows[0], rows[1]
     assert memory["megabytes"] >= 1 and memory["gb_per_s"] >= memory["gb_per_s_median"] > 0
-    for row in rows[2:]:
+    checked = rows[-1]
+    assert checked["images_per_s"] > 0 and checked["unchecked_images_per_s"] > 0
+    assert checked["overhead_pct"] == pytest.approx(
+        100 * (checked["unchecked_images_per_s"] / checked["images_per_s"] - 1))
+    for row in rows[2:-1]:
         assert row["batch_size"] == 16 and row["buffers"] == 2
         assert row["gb_per_s"] > 0 and row["images_per_s"] > 0
         assert row["ratio"] is None
@@ -165,7 +170,7 @@ def test_train_rows_carry_interleaved_overheads(monkeypatch):
                        "step_ms_median": 1.0, "step_ms_spread": 0.1, "compiles": 0,
                        "overhead_pct": overheads[name]} for name in variants}
 
-    monkeypatch.setattr(bench_train.training, "benchmark_train_variants", fake_benchmark)
+    monkeypatch.setattr(bench_train, "benchmark_train_variants", fake_benchmark)
     rows = bench_train.run(tiny_images(), np.zeros(64, np.int32), modes=("none", "standardize"),
                            keras=False)
     by_name = {r["name"]: r for r in rows}
@@ -186,7 +191,7 @@ def test_augment_rows_time_the_train_sections_step(monkeypatch):
         return {name: {"images_per_s": 640.0, "step_ms_median": 100.0,
                        "step_ms_spread": 5.0} for name in variants}
 
-    monkeypatch.setattr(bench_augment.training, "benchmark_train_variants", fake_benchmark)
+    monkeypatch.setattr(bench_augment.bench_train, "benchmark_train_variants", fake_benchmark)
     rows = bench_augment.run(tiny_images(n=32), np.zeros(32, np.int32), batch_sizes=(8,),
                              buffers=2, repeats=2, flow_batches=2, fused_batch_sizes=(16,),
                              fused_rounds=2, keras=False)
@@ -224,9 +229,10 @@ def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXSCALE_DATA_DIR", raising=False)
     result = run.main(["--quick", "--only", "stats,scaling", "--out", str(tmp_path),
                        "--no-keras", "--limit", "64"])
-    document = json.loads((tmp_path / "latest.json").read_text())
+    document = json.loads((tmp_path / "bench-cpu.json").read_text())
     meta = document["meta"]
     assert meta["quick"] is True and meta["data_source"].startswith("synthetic")
+    assert len(meta["commit"]) == 40 and isinstance(meta["dirty"], bool)
     assert meta["versions"]["jax"] and meta["device"] and meta["cpu_model"]
     assert not meta["keras_peer"]
     assert set(meta["section_seconds"]) == {"stats", "scaling"}
@@ -234,7 +240,26 @@ def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
     assert ("scaling", "zca") in names and ("stats", "compute_stats") in names
     assert all(math.isfinite(r["images_per_s"]) for r in document["rows"]
                if r["bench"] == "scaling" and not r["name"].endswith("_roofline"))
-    assert (tmp_path / "latest.png").exists() and result["chart"] == tmp_path / "latest.png"
+    assert result["chart"] == tmp_path / "bench-cpu.png"
+    assert report.chart_source(result["chart"]).endswith(
+        report.sha256_of(tmp_path / "bench-cpu.json"))
+
+
+def test_results_files_are_named_by_hardware():
+    assert report.hardware_name("cpu", "cpu") == "cpu"
+    assert report.hardware_name("gpu", "NVIDIA H100 80GB HBM3") == "h100"
+    assert report.hardware_name("tpu", "TPU v5 lite") == "tpu-v5-lite"
+
+
+def test_a_run_records_the_commit_it_measured():
+    found = report.provenance()
+    assert len(found["commit"]) == 40 and isinstance(found["dirty"], bool)
+    line = report.describe_run({"time_utc": "2026-12-01T22:00:00+00:00", "commit": "a" * 40,
+                                "dirty": True, "backend": "cpu", "cpu_model": "EPYC",
+                                "host_cpus": 2, "versions": {"jax": "0.10.2"},
+                                "quick": True})
+    assert line == ("2026-12-01, commit aaaaaaaa + uncommitted changes, EPYC, 2 cores, "
+                    "jax 0.10.2; a quick run, not the full one")
 
 
 def test_run_rejects_unknown_section():
@@ -256,6 +281,15 @@ def _reproduce_results(keras_runs=None):
     if keras_runs is not None:
         row["keras"] = keras_runs
     return {"epochs": 5, "seeds": 2, "batch_size": 64, "rows": {"center": row}}
+
+
+def test_reproduce_marks_anything_short_of_the_full_table_quick():
+    assert reproduce.run_metadata(reproduce.parse_args([]))["quick"] is False
+    quick = reproduce.parse_args(["--quick"])
+    assert (quick.seeds, quick.epochs, quick.max_steps) == (1, 1, 100)
+    assert reproduce.run_metadata(quick)["quick"] is True
+    meta = reproduce.run_metadata(reproduce.parse_args(["--rows", "center"]))
+    assert meta["quick"] is True and len(meta["commit"]) == 40
 
 
 def test_reproduce_table_says_where_we_miss_the_tutorial():
@@ -304,14 +338,6 @@ def test_keras_runs_the_tutorial_recipe_and_learns():
     assert 90.0 <= accuracy <= 100.0
 
 
-def test_keras_augment_keywords_are_the_recipe_s_non_defaults():
-    from jaxscale.augmentation import SEED_RECIPE
-
-    assert keras_peer.keras_augment_keywords(SEED_RECIPE) == {
-        "rotation_range": 8, "width_shift_range": 0.08, "height_shift_range": 0.08,
-        "shear_range": 0.3, "zoom_range": (0.92, 1.08)}
-
-
 def test_keras_runs_each_row_with_its_model_augmentation_and_schedule(monkeypatch):
     calls = []
     monkeypatch.setattr(keras_peer, "keras_tutorial_accuracy",
@@ -325,14 +351,15 @@ def test_keras_runs_each_row_with_its_model_augmentation_and_schedule(monkeypatc
     assert [kwargs["seed"] for _, kwargs in calls] == [0, 1]
     args0, kwargs0 = calls[0]
     assert args0[0] == "normalize" and kwargs0["model"] == "bn_cnn"
-    assert kwargs0["schedule"] == "cosine" and kwargs0["augment"]["rotation_range"] == 8
+    from jaxscale.augmentation import SEED_RECIPE, keras_keywords
+    assert kwargs0["schedule"] == "cosine" and kwargs0["augment"] == keras_keywords(SEED_RECIPE)
     reproduce._keras_runs("center", reproduce.ROWS["center"], args, data, data)
     assert calls[-1][1]["model"] == "small_cnn" and calls[-1][1]["augment"] is None
 
 
 def test_keras_runs_the_bn_recipe_with_augmentation_and_learns():
     pytest.importorskip("keras")
-    from jaxscale.augmentation import SEED_RECIPE
+    from jaxscale.augmentation import SEED_RECIPE, keras_keywords
 
     images, labels = _quadrant_images(1152, 20, 5)
     # 768 steps: BatchNorm's moving averages (momentum 0.99) need a few hundred before the
@@ -340,7 +367,7 @@ def test_keras_runs_the_bn_recipe_with_augmentation_and_learns():
     accuracy = keras_peer.keras_tutorial_accuracy(
         "normalize", images[:1024], labels[:1024], images[1024:], labels[1024:], seed=0,
         epochs=6, batch_size=8, model="bn_cnn",
-        augment=keras_peer.keras_augment_keywords(SEED_RECIPE), schedule="cosine")
+        augment=keras_keywords(SEED_RECIPE), schedule="cosine")
     assert 90.0 <= accuracy <= 100.0
 
 
@@ -354,3 +381,71 @@ def test_keras_recipe_refuses_what_it_cannot_run(kwargs, message):
     with pytest.raises(ValueError, match=message):
         keras_peer.keras_tutorial_accuracy("normalize", images, labels, images, labels,
                                            seed=0, **kwargs)
+
+
+def test_benchmarked_train_step_does_not_recompile():
+    from benchmarks.bench_train import benchmark_train_step
+    result = benchmark_train_step(model="small_cnn", scaling="standardize", batch_size=32,
+                                  steps=5, warmup=1)
+    assert result["compiles"] == 0
+    assert result["warmup_compiles"] >= 0  # 0 when the persistent compilation cache has it
+    assert set(result) >= {"images_per_s", "step_ms_median", "step_ms_spread", "compiles"}
+    assert result["images_per_s"] > 0
+
+
+def test_benchmark_train_variants_interleaves_without_recompiling():
+    from benchmarks.bench_train import benchmark_train_variants
+    from jaxscale.data.datasets import synthetic_dataset
+    data = synthetic_dataset(256, (28, 28, 1), 10, seed=0)
+    results = benchmark_train_variants(
+        {"none": ("none", None), "standardize": ("standardize", None)}, model="small_cnn",
+        batch_size=32, rounds=3, warmup=1, images=data.images, labels=data.labels)
+    assert list(results) == ["none", "standardize"]
+    assert results["none"]["overhead_pct"] == 0.0
+    for result in results.values():
+        assert result["compiles"] == 0
+        assert result["images_per_s"] == pytest.approx(32e3 / result["step_ms_median"])
+    with pytest.raises(ValueError, match="at least one"):
+        benchmark_train_variants({})
+
+
+def test_flow_rows_time_the_public_flows_against_keras():
+    pytest.importorskip("keras")
+    from benchmarks import bench_flow
+    images = tiny_images(n=130)
+    labels = np.arange(130, dtype=np.int32) % 3
+    rows = bench_flow.run(images, labels, modes=("normalize", "zca"), repeats=2, batches=3,
+                          keras_batches=1, files=130, file_batches=2, keras_file_batches=1)
+    assert [r["name"] for r in rows] == ["flow/normalize", "flow/zca", "flow_from_directory"]
+    assert [r["bar"] for r in rows] == [20.0, 5.0, 3.0]
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["keras_images_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["images_per_s"] / row["keras_images_per_s"])
+        assert isinstance(row["meets_bar"], bool) and len(row["seconds_repeats"]) == 2
+
+
+def test_docs_tables_are_rendered_between_their_markers():
+    from jaxscale.scaling import MODES
+
+    page = "intro\n<!-- generated: modes -->\nstale\n<!-- end generated -->\noutro\n"
+    rendered = report.render(page)
+    assert rendered.startswith("intro\n<!-- generated: modes -->\n| mode |")
+    assert rendered.endswith("<!-- end generated -->\noutro\n") and "stale" not in rendered
+    assert all(f"| `{mode}` |" in rendered for mode in MODES)
+    assert report.render(rendered) == rendered
+    with pytest.raises(ValueError, match="unknown generated table 'nope'"):
+        report.render("<!-- generated: nope -->\n<!-- end generated -->")
+    with pytest.raises(FileNotFoundError, match="make bench"):
+        report.render("<!-- generated: bench-summary bench-nowhere.json -->\n"
+                      "<!-- end generated -->")
+
+
+def test_count_compiles_counts_compilations():
+    import time
+
+    import jax
+    from benchmarks.timing import count_compiles
+    constant = time.time_ns() % 1_000_003  # a program no cache has seen
+    with count_compiles() as compiles:
+        jax.jit(lambda x: x * constant + 1)(1.0)
+    assert compiles[0] == 1

@@ -8,7 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscale import cpu as compiler_options, parallel, training
+from jaxscale import cpu as compiler_options
+from jaxscale.data.pipeline import ResidentSource
+from jaxscale.training.config import TrainConfig, make_optimizer
+from jaxscale.training.runners import make_runner
+from jaxscale.training.steps import create_train_state
 from jaxscale.cpu import YNN_FUSION_OPTION, step_compiler_options
 from jaxscale.scaling import scaling_config
 
@@ -93,14 +97,18 @@ def test_a_jaxlib_that_refuses_the_option_keeps_defaults(monkeypatch):
 @pytest.mark.parametrize("kind,library", [("none", "xla"), ("mesh", "xla"), ("none", "ynnpack")])
 def test_runner_steps_use_the_options(kind, library, monkeypatch):
     monkeypatch.setenv(compiler_options.CONVOLUTIONS_ENV, library)
-    config = training.TrainConfig(model="bn_cnn", batch_size=64, eval_batch_size=64)
-    tx = training.make_optimizer(config, 1)
-    runner = parallel.make_runner(kind, config, tx, scaling_config("normalize"),
-                                  devices=CPU[:1])
-    key = jax.random.PRNGKey(0)
-    state = runner.put_state(training.create_train_state(runner.model, tx, (28, 28, 1), key))
-    images = jnp.zeros((64, 28, 28, 1), jnp.uint8)
-    labels = jnp.zeros((64,), jnp.int32)
-    text = runner.train_batch.lower(state, images, labels, key).compile().as_text()
+    config = TrainConfig(model="bn_cnn", batch_size=64, eval_batch_size=64)
+    tx = make_optimizer(config, 1)
+    runner = make_runner(kind, config, tx, scaling_config("normalize"), devices=CPU[:1])
+    source = ResidentSource((np.zeros((64, 28, 28, 1), np.uint8), np.zeros(64, np.int32)),
+                            placement=runner.placement)
+    state = runner.put_state(create_train_state(runner.model, tx, (28, 28, 1),
+                                                jax.random.PRNGKey(0)))
+    chunk = next(source.epoch(0, 0, 64))
+    text = runner.train.lower(state, runner.train_sums(), source.data, chunk,
+                              runner.put_key(0)).compile().as_text()
     assert "convolution(" in text
     assert ("convolution" in _ynn_ops(text)) == (library == "ynnpack")
+    # every convolution in the layout XLA:CPU's fast convolutions take: under a lax.scan the
+    # weight-gradient ones came out as f01b_i01o->01bf, run by a naive loop (~8x slower step)
+    assert set(re.findall(r"dim_labels=([\w>-]+)", text)) == {"b01f_01io->b01f"}

@@ -1,4 +1,4 @@
-"""jaxscale.datasets: real MNIST through tfds (offline) and the raw reader, file errors."""
+"""jaxscale.data.datasets: real MNIST through tfds (offline) and the raw reader, file errors."""
 
 import gzip
 import hashlib
@@ -329,3 +329,44 @@ def test_auto_source_prefers_tfds(mnist_dir, monkeypatch, tfds_installed, first_
 def test_load_process_shard_single_process_is_everything(mnist_dir):
     shard = datasets.load_process_shard("mnist", "test[:100]", data_dir=mnist_dir, source="raw")
     assert len(shard) == 100 and shard.split == "test[:100]:process0of1"
+
+
+@needs_tfds
+def test_a_misspelt_dataset_name_is_one_short_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path))
+    with pytest.raises(ValueError, match="unknown dataset 'mnsit'.*did you mean mnist") as err:
+        load_dataset("mnsit", source="tfds")
+    assert len(str(err.value).splitlines()) == 1 and len(str(err.value)) < 300
+
+
+@needs_tfds
+def test_a_folder_without_the_datasets_files_fails_before_any_download(mnist_dir, tmp_path,
+                                                                       monkeypatch):
+    import time
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(DatasetFileError, match=f"{mnist_dir} holds none of cifar10's original "
+                       r"files \(cifar-10-binary.tar.gz\)"):
+        load_dataset("cifar10", data_dir=mnist_dir, source="tfds")
+    assert time.monotonic() - start < 30  # no network retries (they took 208 s)
+
+
+@needs_tfds
+def test_a_damaged_prepared_copy_names_the_shard(mnist_dir, mnist_tfds, tmp_path, monkeypatch):
+    import shutil
+    prepared = datasets.cache_dir()
+    shutil.copytree(prepared / "mnist", tmp_path / "mnist")
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path))
+    shard = sorted((tmp_path / "mnist").rglob("mnist-test.tfrecord*"))[0]
+    shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
+    with pytest.raises(DatasetFileError, match=f"damaged: {shard} .*delete"):
+        load_dataset("mnist", "test", data_dir=mnist_dir, source="tfds")
+
+
+def test_an_unwritable_cache_is_named(tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow_datasets")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(blocker / "cache"))
+    with pytest.raises(DatasetFileError, match=f"cannot create the dataset cache {blocker}"):
+        load_dataset("mnist", source="tfds")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscale import models
+import jaxscale.training.models as models
 
 
 def _count(tree) -> int:

@@ -8,6 +8,7 @@ import pytest
 from jaxscale.reductions import sum_middle_axis
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 30, 1), (5, 784, 3), (3, 12, 4)])
 @pytest.mark.parametrize("jit", [False, True])
 def test_sums_match_float64(shape, jit):

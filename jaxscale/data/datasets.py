@@ -301,21 +301,32 @@ def tfds_builder(name: str, data_dir: str | Path | None = None, *,
     """A prepared tfds builder for `name`, cached under `cache_dir()`.
 
     When the original files are in a local folder (`data_dir` / `$JAXSCALE_DATA_DIR`) they are
-    used as tfds' manual directory: no network. For datasets in `RAW_FORMATS` the files are
-    verified first, so a missing or corrupt file raises `DatasetFileError` naming it.
-    `file_format="array_record"` prepares a random-access copy (see `load_data_source`) in
-    its own folder `cache_dir()/array_record`.
+    used as tfds' manual directory: no network. The folder must hold the dataset's original
+    files (for datasets in `RAW_FORMATS` they are verified by size and SHA-256; for others at
+    least one of the files tfds would download must be there), else `DatasetFileError` names
+    what is missing instead of tfds going to the network. `file_format="array_record"`
+    prepares a random-access copy (see `load_data_source`) in `cache_dir()/array_record`.
+
+    Raises:
+      ValueError: `name` is not a tfds dataset (the message suggests close names).
+      DatasetFileError: the local folder lacks the dataset's files, or tfds rejects them.
     """
     tfds = _import_tfds()
     cache = cache_dir() if file_format == "tfrecord" else cache_dir() / file_format
     folder = resolve_data_dir(name, data_dir)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatasetFileError(f"cannot create the dataset cache {cache} ({error}); set "
+                               f"${CACHE_DIR_ENV} to a writable folder") from error
     with _file_lock(cache / f".{name}.lock"):
-        builder = tfds.builder(name, data_dir=str(cache), file_format=file_format)
+        try:
+            builder = tfds.builder(name, data_dir=str(cache), file_format=file_format)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(_unknown_dataset(name, tfds)) from None
         if not builder.is_prepared():
-            if folder is not None and name in RAW_FORMATS:
-                for pair in RAW_FORMATS[name].splits.values():
-                    for expected in pair:
-                        verify_file(folder / expected.filename, expected)
+            if folder is not None:
+                _check_manual_folder(name, builder, folder)
             config = tfds.download.DownloadConfig(
                 manual_dir=None if folder is None else str(folder))
             try:
@@ -326,6 +337,49 @@ def tfds_builder(name: str, data_dir: str | Path | None = None, *,
                                            ) from err
                 raise
     return builder
+
+
+def _damaged_cache(builder, error) -> str:
+    """What to tell about a prepared copy whose records fail to read: the damaged shard files
+    (each one read on its own to find them) and how to rebuild it."""
+    folder = Path(builder.data_dir)
+    bad = []
+    try:
+        import tensorflow as tf
+        for shard in sorted(folder.glob("*.tfrecord*")):
+            try:
+                for _ in tf.data.TFRecordDataset(str(shard)):
+                    pass
+            except Exception:  # noqa: BLE001 - DataLossError
+                bad.append(str(shard))
+    except ImportError:
+        pass
+    where = ", ".join(bad) if bad else f"a shard in {folder}"
+    return (f"the prepared copy of {builder.name} is damaged: {where} ({error}); delete "
+            f"{folder} and it is prepared again from the original files")
+
+
+def _unknown_dataset(name: str, tfds) -> str:
+    import difflib
+    known = tfds.list_builders(with_community_datasets=False)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else (
+        "image classification datasets include mnist, fashion_mnist, cifar10, cifar100")
+    return f"unknown dataset {name!r}: tensorflow-datasets has no builder of that name; {hint}"
+
+
+def _check_manual_folder(name: str, builder, folder: Path) -> None:
+    """Raises DatasetFileError unless `folder` holds `name`'s original files."""
+    if name in RAW_FORMATS:
+        for pair in RAW_FORMATS[name].splits.values():
+            for expected in pair:
+                verify_file(folder / expected.filename, expected)
+        return
+    wanted = sorted({url.rstrip("/").rsplit("/", 1)[-1] for url in (builder.url_infos or {})})
+    if wanted and not any((folder / file).exists() for file in wanted):
+        raise DatasetFileError(
+            f"{folder} holds none of {name}'s original files ({', '.join(wanted)}); put them "
+            f"there, or leave out data_dir (and ${DATA_DIR_ENV}) to let tfds download {name}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -408,13 +462,20 @@ def _load_tfds(name: str, split: str, data_dir, *, shard: tuple[int, int] | None
         read = f"{split}[:{n_val}]" if subset == "validation" else f"{split}[{n_val}:]"
     if shard is not None and sliced_by_tfds:
         read = tfds.even_splits(read, n=shard[1], drop_remainder=True)[shard[0]]
-    if sliced_by_tfds:
-        images, labels = tfds.as_numpy(builder.as_dataset(split=read, batch_size=-1,
-                                                          as_supervised=True))
-    else:
-        # batch_size=-1 means "the split's size", unknown here: read in finite batches.
-        parts = list(tfds.as_numpy(builder.as_dataset(split=read, batch_size=4096,
-                                                      as_supervised=True)))
+    try:
+        if sliced_by_tfds:
+            images, labels = tfds.as_numpy(builder.as_dataset(split=read, batch_size=-1,
+                                                              as_supervised=True))
+        else:
+            # batch_size=-1 means "the split's size", unknown here: read in finite batches.
+            parts = list(tfds.as_numpy(builder.as_dataset(split=read, batch_size=4096,
+                                                          as_supervised=True)))
+    except Exception as error:  # noqa: BLE001 - TensorFlow's DataLossError and kin
+        if "DataLoss" in type(error).__name__ or "corrupted record" in str(error) or \
+                "truncated record" in str(error):
+            raise DatasetFileError(_damaged_cache(builder, error)) from error
+        raise
+    if not sliced_by_tfds:
         if not parts:
             raise ValueError(f"{name} split {read!r} is empty")
         images = np.concatenate([p[0] for p in parts])

@@ -100,8 +100,11 @@ def epoch_order(seed: int, epoch: int, num_examples: int, *, shuffle: bool = Tru
         raise ValueError(f"an epoch needs num_examples >= 1, got {num_examples}")
     if not shuffle:
         return np.arange(num_examples, dtype=np.int32)
-    cpu = jax.devices("cpu")[0]
-    with jax.default_device(cpu):
+    try:
+        device = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS without cpu: the default device draws the same bits
+        device = jax.local_devices()[0]
+    with jax.default_device(device):
         return np.asarray(_permutation(np.uint32(seed), np.uint32(epoch),
                                        num_examples=num_examples))
 
@@ -156,14 +159,27 @@ def take_rows(images: jax.Array, labels: jax.Array, rows: jax.Array,
     return Batch(jnp.take(images, rows, axis=0), jnp.take(labels, rows, axis=0), mask)
 
 
-def _chunk_starts(steps: int, start: int, steps_per_call: int) -> Iterator[tuple[int, int]]:
-    """(first, last) step of every chunk of an epoch of `steps` steps, from step `start`."""
+def chunk_spans(steps: int, *, start: int = 0, stop: int | None = None,
+                steps_per_call: int = 1, breaks: tuple[int, ...] = ()
+                ) -> list[tuple[int, int]]:
+    """(first, last) steps of the chunks that cover steps [start, stop) of an epoch.
+
+    Chunks hold at most `steps_per_call` steps and also end at every step in `breaks` (e.g.
+    where a checkpoint is due), so a consumer can act between two chunks there.
+    """
+    stop = steps if stop is None else stop
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
-    if not 0 <= start <= steps:
-        raise ValueError(f"start step {start} is outside the epoch's {steps} steps")
-    for first in range(start, steps, steps_per_call):
-        yield first, min(first + steps_per_call, steps)
+    if not 0 <= start <= stop <= steps:
+        raise ValueError(f"steps [{start}, {stop}) are outside the epoch's {steps} steps")
+    cuts = sorted({b for b in breaks if start < b < stop})
+    spans, first = [], start
+    for end in [*cuts, stop]:
+        while first < end:
+            last = min(first + steps_per_call, end)
+            spans.append((first, last))
+            first = last
+    return spans
 
 
 def _checked_arrays(images, labels) -> tuple[Any, Any]:
@@ -224,16 +240,18 @@ class ResidentSource:
         return take_rows(data[0], data[1], rows, mask)
 
     def epoch(self, seed: int, epoch: int, batch_size: int, *, shuffle: bool = True,
-              drop_remainder: bool = False, start: int = 0, steps_per_call: int = 1
+              drop_remainder: bool = False, start: int = 0, stop: int | None = None,
+              steps_per_call: int = 1, breaks: tuple[int, ...] = ()
               ) -> Iterator[tuple[jax.Array, jax.Array]]:
-        """The chunks of one epoch from step `start`: (rows int32[k, B], mask bool[k, B])
-        placed with the batch axis split over the devices, k <= `steps_per_call` (shorter
-        only at the end of the epoch)."""
+        """The chunks of steps [start, stop) of one epoch (see `chunk_spans`):
+        (rows int32[k, B], mask bool[k, B]) placed with the batch axis split over the
+        devices."""
         self.placement.check_batch(batch_size)
         rows, mask = epoch_batches(epoch_order(seed, epoch, self.num_examples,
                                                shuffle=shuffle), batch_size,
                                    drop_remainder=drop_remainder)
-        for first, last in _chunk_starts(rows.shape[0], start, steps_per_call):
+        for first, last in chunk_spans(rows.shape[0], start=start, stop=stop,
+                                       steps_per_call=steps_per_call, breaks=breaks):
             yield self.placement.split_rows((rows[first:last], mask[first:last]))
 
     def batches(self, seed: int, epoch: int, batch_size: int, *, shuffle: bool = True,
@@ -333,15 +351,16 @@ class HostSource:
         return self.placement.split_rows(self._read(rows, mask), process_local=True)
 
     def epoch(self, seed: int, epoch: int, batch_size: int, *, shuffle: bool = True,
-              drop_remainder: bool = False, start: int = 0, steps_per_call: int = 1
-              ) -> Iterator[Batch]:
-        """The chunks of one epoch from step `start`: Batch with leaves [k, B, ...] placed
-        with the batch axis split over the devices, k <= `steps_per_call`."""
+              drop_remainder: bool = False, start: int = 0, stop: int | None = None,
+              steps_per_call: int = 1, breaks: tuple[int, ...] = ()) -> Iterator[Batch]:
+        """The chunks of steps [start, stop) of one epoch (see `chunk_spans`): Batch with
+        leaves [k, B, ...] placed with the batch axis split over the devices."""
         self.placement.check_batch(batch_size)
         rows, mask = epoch_batches(epoch_order(seed, epoch, self.num_examples,
                                                shuffle=shuffle), batch_size,
                                    drop_remainder=drop_remainder)
-        spans = _chunk_starts(rows.shape[0], start, steps_per_call)
+        spans = chunk_spans(rows.shape[0], start=start, stop=stop,
+                            steps_per_call=steps_per_call, breaks=breaks)
         yield from _read_ahead(lambda span: self._read_chunk(rows[span[0]:span[1]],
                                                              mask[span[0]:span[1]]),
                                spans, self.prefetch)

@@ -137,6 +137,12 @@ class Placement:
         """The batch axis (`batch_axis`) split over the mesh ("mesh")."""
         return NamedSharding(self.mesh, PartitionSpec(*([None] * batch_axis), DATA_AXIS))
 
+    @property
+    def _device_axis(self) -> NamedSharding:
+        """The leading axis [D, ...] over the devices, one slice each ("pmap")."""
+        return NamedSharding(Mesh(np.asarray(self.devices), (PMAP_AXIS,)),
+                             PartitionSpec(PMAP_AXIS))
+
     def check_batch(self, batch_size: int, name: str = "batch_size") -> None:
         """Raises ValueError unless `batch_size` splits evenly over the devices."""
         if self.kind != "single" and batch_size % self.count:
@@ -148,11 +154,9 @@ class Placement:
             return jax.device_put(tree, self.devices[0])
         if self.kind == "pmap":
             count = self.count
-            leading = NamedSharding(Mesh(np.asarray(self.devices), (PMAP_AXIS,)),
-                                    PartitionSpec(PMAP_AXIS))
             return jax.device_put(jax.tree_util.tree_map(
                 lambda x: np.broadcast_to(np.asarray(x)[None], (count, *np.shape(x))), tree),
-                leading)
+                self._device_axis)
         return jax.tree_util.tree_map(lambda x: _global(x, self.replicated), tree)
 
     def split_rows(self, tree: Any, *, process_local: bool = False) -> Any:
@@ -171,8 +175,6 @@ class Placement:
             return jax.device_put(tree, self.devices[0])
         if self.kind == "pmap":
             count = self.count
-            leading = NamedSharding(Mesh(np.asarray(self.devices), (PMAP_AXIS,)),
-                                    PartitionSpec(PMAP_AXIS))
 
             def split(x):
                 x = np.asarray(x)
@@ -180,7 +182,7 @@ class Placement:
                 parts = x.reshape(x.shape[0], count, x.shape[1] // count, *x.shape[2:])
                 return np.ascontiguousarray(np.moveaxis(parts, 1, 0))
 
-            return jax.device_put(jax.tree_util.tree_map(split, tree), leading)
+            return jax.device_put(jax.tree_util.tree_map(split, tree), self._device_axis)
         sharding = self.rows_sharding(1)
         if process_local and jax.process_count() > 1:
             return jax.tree_util.tree_map(
