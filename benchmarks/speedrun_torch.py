@@ -157,7 +157,7 @@ def run(recipe: str, seed: int, *, split: str = "test", t0: float, data_dir=None
 
     import torch
 
-    from benchmarks.speedrun import load_split
+    from benchmarks.speedrun_data import load_split
 
     phases = {"imports": time.time() - t0}
     config = RECIPES[recipe]
