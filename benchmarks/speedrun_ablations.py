@@ -13,7 +13,8 @@ Variants (all train the same net on the same device-resident data):
                            copied in (what a host data loader does)
   xla_default_options      the recipe without jaxscale.cpu's compiler options (YNNPACK
                            convolutions)
-Writes benchmarks/results/speedrun-ablations.json.
+Writes benchmarks/results/ablations-<hardware>.json (`ablations-cpu.json`), from which
+`make docs-tables` makes docs/speedrun.md's ablation table.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def main(argv=None) -> dict:
     print(f"init compile: threefry {compile_s['threefry2x32']:.2f} s, rbg {compile_s['rbg']:.2f} s")
     meta = run_metadata(data.source, quick=False)
     meta.update({"recipe": args.recipe, "steps_per_call": args.steps, "rounds": args.rounds})
-    path = report.write_json(args.out / "speedrun-ablations.json", meta, rows)
+    name = f"ablations-{report.hardware_name(meta['backend'], meta['device'])}.json"
+    path = report.write_json(args.out / name, meta, rows)
     print(f"wrote {path}")
     return {"meta": meta, "rows": rows}
 

@@ -188,8 +188,8 @@ def test_peers_build_the_same_network(name):
     assert trainable == ours and keras.__version__
 
 
-def test_summary_and_tables_from_records():
-    records = [
+def _records():
+    return [
         {"system": "jaxscale", "recipe": "r", "seed": s, "accuracy": 0.99 + s / 1000,
          "time_to_end_s": 10.0 + s, "compile_s": 2.0, "images_per_s": 1e4, "cache": "warm",
          "curve": [{"epoch": 1, "seconds": 10.0 + s, "accuracy": 0.99 + s / 1000}]}
@@ -197,6 +197,10 @@ def test_summary_and_tables_from_records():
         {"system": "torch", "recipe": "r", "seed": 0, "accuracy": 0.99, "time_to_end_s": 30.0,
          "compile_s": 0.0, "images_per_s": 3e3, "curve": []},
         {"system": "keras", "recipe": "r", "seed": 0, "status": "failed", "why": "boom"}]
+
+
+def test_summary_and_tables_from_records():
+    records = _records()
     rows = speedrun.summarize(records, ["r"])
     ours, torch_row, keras_row = rows
     assert ours["time_mean_s"] == 10.5 and ours["accuracy_min"] == 0.99
@@ -204,6 +208,42 @@ def test_summary_and_tables_from_records():
     assert keras_row["status"] == "n/a" and keras_row["why"] == "boom"
     assert "boom" in speedrun.format_records(records)
     assert "2.86x" in speedrun.format_summary(rows)
+
+
+def test_docs_table_and_chart_are_made_from_the_results_file(tmp_path, monkeypatch):
+    from benchmarks import report
+
+    records = _records()
+    rows = speedrun.summarize(records, ["r"])
+    meta = {"time_utc": "2026-12-01T22:00:00+00:00", "commit": "b" * 40, "dirty": False,
+            "backend": "cpu", "device": "cpu", "cpu_model": "EPYC", "host_cpus": 2,
+            "versions": {"jax": "0.10.2"}, "quick": True, "data_source": "mnist (test split)",
+            "torch": "2.13.0", "split": "test", "total_seconds": 71.0,
+            "recipes": {"r": {"target": 0.99}}}
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    assert report.speedrun_table("speedrun-cpu.json").startswith("No results committed yet")
+    path = report.write_json(tmp_path / "speedrun-cpu.json", meta,
+                             rows + [{"run": r} for r in records])
+    table = report.speedrun_table("speedrun-cpu.json")
+    assert ("| r | jaxscale | 2 | 99.05 % (99.00 %) | 10.5 s (11.0 s) | 2.0 s | 10.0k | 1.0x |"
+            in table)
+    assert "| r | torch | 1 |" in table and "2.9x |" in table
+    assert "| r | keras | - | n/a: boom |" in table
+    assert ("`make speedrun`: 2026-12-01, commit bbbbbbbb, EPYC, 2 cores, jax 0.10.2; a quick "
+            "run, not the full one, real MNIST; torch 2.13.0, test split, 71 s in all.") in table
+    assert "(../benchmarks/results/speedrun-cpu.png)" in table
+    pytest.importorskip("matplotlib")
+    assert [source for source, _ in report.stale_charts(tmp_path)] == [path]
+    report.CHARTS["speedrun"](path, tmp_path / "speedrun-cpu.png")
+    assert report.stale_charts(tmp_path) == []
+
+
+def test_a_run_short_of_the_default_is_marked_quick():
+    assert not speedrun.is_quick(speedrun.parse_args([]))
+    assert not speedrun.is_quick(speedrun.parse_args(["--split", "validation"]))
+    for argv in (["--seeds", "1"], ["--recipes", "speedrun99"], ["--peers", ""],
+                 ["--epochs", "1"], ["--peer-seeds", "keras=1"]):
+        assert speedrun.is_quick(speedrun.parse_args(argv)), argv
 
 
 def test_torch_peer_resamples_as_jaxscale_augmentation():
