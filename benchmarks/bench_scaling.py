@@ -1,11 +1,16 @@
-"""Row 2: scaling alone, per mode: images/s, achieved GB/s and the device's copy roofline.
+"""Row 2: scaling alone, per mode: images/s, achieved GB/s (and GFLOP/s) against the roofline
+that bounds the mode.
 
 Ours: `jaxscale.scale` jitted per mode on device-resident uint8 batches (several distinct
 buffers, rotated), float32 out, as the training step receives them. Bytes moved per batch =
-uint8 read + float32 written (+ the ZCA matrix read once per batch). The roofline is a large
-elementwise copy measured in the same run (`copy_bandwidth`). Peer: Keras' `flow` of the same
-mode; its cost is a per-image Python loop, so its batch is capped at `KERAS_MAX_BATCH` (and ZCA,
-~1k images/s there, gets one batch per repeat) to keep the run short. Our repeats and
+uint8 read + float32 written (+ the ZCA matrix read once per batch); FLOPs per batch from the
+arithmetic of the mode (`flops_per_batch`). The rooflines are measured in the same run
+(`benchmarks.roofline`): memory bandwidth over the same working set as the rows (the rotated
+inputs and their outputs), and a large matmul's FLOP/s. `roofline_fraction` = the least time
+the mode's bytes or FLOPs need at those peaks (whichever binds: `bound`) / the time it took.
+Peer: Keras' `flow` of the same mode; its cost is a per-image Python loop, so its batch is
+capped at `KERAS_MAX_BATCH` (and ZCA, ~1k images/s there, gets one batch per repeat) to keep
+the run short. Our repeats and
 Keras' alternate, so that both sides see the same load on a shared host.
 
 The mode rows time `scale_jit(..., check=False)`, the scaling alone. `<mode>/checked` rows
@@ -23,38 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxscale
-from benchmarks import keras_peer
+from benchmarks import keras_peer, roofline as rooflines
 from benchmarks.timing import Job, device_batches, measure, measure_interleaved
 
 KERAS_MAX_BATCH = 1024
 MODES = tuple(jaxscale.scaling.MODES)
 CHECK_MODES = ("normalize", "standardize")
-
-
-def copy_bandwidth(megabytes: int | None = None, *, buffers: int | None = None,
-                   repeats: int = 5) -> dict:
-    """Achieved read+write GB/s of an elementwise copy on the default device (the roofline).
-
-    An xor with 1 over uint32 forces a real read and write (an identity could be forwarded).
-    On CPU the buffers are 16 MiB, about a scaling batch's output: much larger ones are
-    allocated fresh by mmap on every call and page faults, not memory, would set the figure;
-    8 of them are rotated so the last-level cache does not hold them. Accelerators copy two
-    256 MiB buffers.
-    """
-    cpu = jax.default_backend() == "cpu"
-    megabytes = megabytes or (16 if cpu else 256)
-    buffers = buffers or (8 if cpu else 2)
-    words = megabytes * (1 << 20) // 4
-    inputs = [jax.device_put(np.full(words, i, np.uint32)) for i in range(buffers)]
-    copy = jax.jit(lambda x: x ^ jnp.uint32(1))
-    timing = measure(copy, inputs, items=1, repeats=repeats, warmup=buffers,
-                     calls_per_repeat=buffers)
-    moved = 2 * words * 4 * buffers
-    return {"bench": "scaling", "name": "copy_roofline", "megabytes": megabytes,
-            "buffers": buffers, "gb_per_s": moved / timing.median_s / 1e9,
-            "gb_per_s_max": moved / min(timing.seconds) / 1e9,
-            "seconds_median": timing.median_s, "seconds_repeats": list(timing.seconds),
-            "spread": timing.spread}
 
 
 def bytes_per_batch(mode: str, batch_shape: tuple[int, ...], out_dtype=np.float32) -> int:
@@ -67,9 +46,30 @@ def bytes_per_batch(mode: str, batch_shape: tuple[int, ...], out_dtype=np.float3
     return moved
 
 
+# FLOPs per element of each mode on top of the (free) uint8 -> float32 conversion; ZCA adds
+# its matmul (2 * features per element) in `flops_per_batch`.
+FLOPS_PER_ELEMENT = {"none": 0, "normalize": 1, "center": 1, "standardize": 2,
+                     "sample_center": 2, "sample_standardize": 6, "zca": 1}
+
+
+def flops_per_batch(mode: str, batch_shape: tuple[int, ...]) -> int:
+    """Arithmetic of one scaling call: elementwise work (+ the ZCA matmul)."""
+    elements = math.prod(batch_shape)
+    flops = FLOPS_PER_ELEMENT.get(mode, 0) * elements
+    if mode == "zca":
+        flops += 2 * elements * math.prod(batch_shape[1:])
+    return flops
+
+
+def working_set_bytes(batch_shape: tuple[int, ...], buffers: int, out_dtype=np.float32) -> int:
+    """Bytes a scaling repeat touches: every rotated uint8 input and its float output."""
+    return buffers * math.prod(batch_shape) * (1 + np.dtype(out_dtype).itemsize)
+
+
 def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int = 8,
         repeats: int = 5, keras_batches: int = 4, keras: bool = True,
-        roofline: dict | None = None, check_modes=CHECK_MODES) -> list[dict]:
+        roofline: dict | None = None, compute_roofline: dict | None = None,
+        roofline_repeats: int = 30, check_modes=CHECK_MODES) -> list[dict]:
     """Times every mode on batches of `images` (uint8[N, H, W, C]).
 
     Args:
@@ -78,19 +78,25 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
       buffers: distinct device-resident batches rotated through (fewer if N is small).
       repeats: timed repeats; each scales every buffer once, then runs Keras' repeat.
       keras_batches: Keras `flow` batches per repeat (ZCA: 1); keras=False skips Keras.
-      roofline: a `copy_bandwidth()` row to compare with (measured when None).
+      roofline: a `roofline.memory_bandwidth` row (measured over this run's working set, with
+        `roofline_repeats` repeats, when None).
+      compute_roofline: a `roofline.compute_peak` row (measured when None and zca is run).
       check_modes: modes whose checked `scale_jit` is timed against the unchecked one.
 
     Returns:
-      The roofline row, then one row per mode with images_per_s, gb_per_s, roofline_fraction,
-      keras_images_per_s, ratio (ours / Keras), then one `<mode>/checked` row per check mode
-      with images_per_s (checked), unchecked_images_per_s and overhead_pct.
+      The rooflines' rows, then one row per mode with images_per_s, gb_per_s, gflop_per_s,
+      bound ("memory" or "compute"), roofline_fraction, keras_images_per_s, ratio (ours /
+      Keras), then one `<mode>/checked` row per check mode with images_per_s (checked),
+      unchecked_images_per_s and overhead_pct.
     """
     batch_size = min(batch_size, len(images))
     batches = device_batches(images, batch_size, buffers)
     count = len(batches)
-    roofline = roofline or copy_bandwidth()
-    rows = [roofline]
+    roofline = roofline or rooflines.memory_bandwidth(
+        working_set_bytes(batches[0].shape, count), repeats=roofline_repeats)
+    if compute_roofline is None and "zca" in modes:
+        compute_roofline = rooflines.compute_peak()
+    rows = [roofline] + ([compute_roofline] if compute_roofline else [])
     for mode in modes:
         config = jaxscale.scaling_config(mode)
         params = jaxscale.fit_scaling(config, images)
@@ -112,10 +118,12 @@ def run(images: np.ndarray, *, modes=MODES, batch_size: int = 4096, buffers: int
         timings = measure_interleaved(jobs, repeats=repeats)
         timing = timings["ours"]
         moved = bytes_per_batch(mode, batches[0].shape) * count
-        gb_per_s = moved / timing.median_s / 1e9
+        flops = flops_per_batch(mode, batches[0].shape) * count
+        bound_s, bound = rooflines.bound_seconds(moved, flops, roofline, compute_roofline)
         row = {"bench": "scaling", "name": mode, "batch_size": batch_size, "buffers": count,
-               **timing.summary(), "gb_per_s": gb_per_s,
-               "roofline_fraction": gb_per_s / roofline["gb_per_s"],
+               **timing.summary(), "gb_per_s": moved / timing.median_s / 1e9,
+               "gflop_per_s": flops / timing.median_s / 1e9, "bound": bound,
+               "roofline_fraction": bound_s / timing.median_s,
                "keras_images_per_s": None, "ratio": None}
         if "keras" in timings:
             peer = timings["keras"]

@@ -2,7 +2,8 @@
 
 Rows are flat dicts with at least `bench` and `name`; the figures a row may carry are
 `images_per_s`, `keras_images_per_s` or `peer_images_per_s`, `ratio`, `gb_per_s`,
-`roofline_fraction`, `overhead_pct`, `spread`, and `status`/`why` for rows that could not run.
+`roofline_fraction` (with `bound`), `gflop_per_s`, `overhead_pct`, `spread`, and
+`status`/`why` for rows that could not run.
 """
 
 from __future__ import annotations
@@ -53,14 +54,24 @@ def format_table(rows: Iterable[dict]) -> str:
                          f"{_number(row.get('spread'), '7.0%'):>7} {'':>12} {'':>8} "
                          f"{_number(row.get('gb_per_s'), '8.2f'):>8} {'100%':>8}")
             continue
+        if row.get("name") == "compute_roofline":
+            lines.append(f"{row['bench']:<9} {row['name']:<26} {'':>13} "
+                         f"{_number(row.get('spread'), '7.0%'):>7} "
+                         f"{_number(row.get('gflop_per_s'), ',.0f') + ' GFLOP/s':>21} "
+                         f"{'':>8} {'100%':>8}")
+            continue
         overhead = row.get("overhead_pct")
+        compute_bound = "c" if row.get("bound") == "compute" else " "
         lines.append(
             f"{row['bench']:<9} {row['name']:<26} {_number(row.get('images_per_s'), '13,.0f')} "
             f"{_number(row.get('spread'), '7.0%'):>7} {_number(_peer_rate(row), '12,.0f')} "
             f"{_number(row.get('ratio'), '7.1f') + ('x' if row.get('ratio') else ''):>8} "
             f"{_number(row.get('gb_per_s'), '8.2f'):>8} "
-            f"{_number(row.get('roofline_fraction'), '8.0%'):>8} "
+            f"{_number(row.get('roofline_fraction'), '7.0%') + compute_bound:>8} "
             f"{_number(overhead, '+8.1f') + ('%' if overhead is not None else ''):>9}")
+    if any(row.get("bound") == "compute" for row in rows):
+        lines.append("roofline: fraction of the memory bandwidth roofline; c: of the compute "
+                     "roofline (the bound that applies)")
     return "\n".join(lines)
 
 
@@ -279,7 +290,9 @@ def load_results(name: str) -> dict:
     path = RESULTS / name
     if not path.is_file():
         command = {"bench": "make bench", "reproduce": "make reproduce",
-                   "speedrun": "make speedrun"}.get(name.split("-")[0], "its benchmark")
+                   "speedrun": "make speedrun",
+                   "ablations": "python -m benchmarks.speedrun_ablations"}.get(
+                       name.split("-")[0], "its benchmark")
         raise FileNotFoundError(f"{path} does not exist: run `{command}` to write it")
     return json.loads(path.read_text())
 
@@ -387,6 +400,10 @@ def section_table(section: str, name: str) -> str:
             lines.append(f"| copy roofline | | | {_percent(row.get('spread'))} | | | "
                          f"{_number(row.get('gb_per_s'), '.2f')} | 100 % |")
             continue
+        if row.get("name") == "compute_roofline":  # its peak is GFLOP/s, not GB/s
+            lines.append(f"| compute roofline | | | {_percent(row.get('spread'))} | | | "
+                         f"{_number(row.get('gflop_per_s'), ',.0f')} GFLOP/s | 100 % |")
+            continue
         spread = row.get("spread")
         if spread is None and row.get("step_ms_median"):  # the train rows time steps
             spread = row.get("step_ms_spread", math.nan) / row["step_ms_median"]
@@ -469,11 +486,141 @@ def modes_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------ the speedrun's table and chart
+
+def _not_yet(name: str, command: str) -> str:
+    return (f"No results committed yet: `{command}` writes `benchmarks/results/{name}`,\n"
+            f"then `make docs-tables` fills this in from it.\n")
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def speedrun_table(name: str) -> str:
+    """The results table of a `make speedrun` file (`speedrun-cpu.json`): per recipe and
+    system, test accuracy, wall time from process start to the last evaluation, compile time
+    (cold and warm persistent cache), train images/s, and time relative to ours; then its chart.
+    A placeholder while no such file is committed."""
+    if not (RESULTS / name).is_file():
+        return _not_yet(name, "make speedrun")
+    document = load_results(name)
+    meta, rows = document.get("meta", {}), document["rows"]
+    runs = [row["run"] for row in rows if "run" in row]
+    lines = ["| recipe | system | seeds | test accuracy: mean (min) | wall time to the end: "
+             "mean (max) | compile | train img/s | time vs ours |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "run" in row:
+            continue
+        if row.get("status") == "n/a":
+            lines.append(f"| {row['recipe']} | {row['system']} | - | n/a: {row['why']} |"
+                         " | | | |")
+            continue
+        per_seed = [r for r in runs if r.get("recipe") == row["recipe"]
+                    and r.get("system") == row["system"] and r.get("status") != "failed"]
+        cold = _mean(r["compile_s"] for r in per_seed if r.get("cache") == "cold")
+        warm = _mean(r["compile_s"] for r in per_seed if r.get("cache") == "warm")
+        cache = f" (cold {cold:.1f} s, warm {warm:.1f} s)" if cold and warm else ""
+        lines.append(
+            f"| {row['recipe']} | {row['system']} | {row['seeds']} | "
+            f"{100 * row['accuracy_mean']:.2f} % ({100 * row['accuracy_min']:.2f} %) | "
+            f"{row['time_mean_s']:.1f} s ({row['time_max_s']:.1f} s) | "
+            f"{row['compile_mean_s']:.1f} s{cache} | {_rate(row.get('images_per_s_mean'))} | "
+            f"{_ratio(row.get('ours_speedup', 1.0))} |")
+    load = meta.get("load_average_after")
+    extra = [f"torch {meta['torch']}" if meta.get("torch") else "no torch",
+             f"{meta.get('split', 'test')} split",
+             f"{meta.get('total_seconds', 0):.0f} s in all"]
+    if load:
+        extra.append(f"load average after {load[0]:.1f}")
+    caption = _caption(document, "make speedrun").rstrip(".") + "; " + ", ".join(extra) + "."
+    chart = Path(name).with_suffix(".png").name
+    return ("\n".join(lines) + "\n\n" + caption + "\n\n"
+            f"![make speedrun: test accuracy against seconds since process start]"
+            f"(../benchmarks/results/{chart})\n")
+
+
+def ablations_table(name: str) -> str:
+    """The table of a `python -m benchmarks.speedrun_ablations` file: the recipe's train step
+    against variants that undo one choice each. A placeholder while none is committed."""
+    if not (RESULTS / name).is_file():
+        return _not_yet(name, "python -m benchmarks.speedrun_ablations")
+    document = load_results(name)
+    lines = ["| variant | images/s, median | images/s, best | spread | vs the recipe |",
+             "|---|---|---|---|---|"]
+    compile_s = None
+    for row in document["rows"]:
+        if row.get("name") == "init_compile_s":
+            compile_s = row
+            continue
+        lines.append(f"| `{row['name']}` | {_rate(row.get('images_per_s'))} | "
+                     f"{_rate(row.get('images_per_s_max'))} | {_percent(row.get('spread'))} | "
+                     f"{row['vs_recipe']:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    if compile_s and compile_s.get("threefry2x32") and compile_s.get("rbg"):
+        text += (f"\nCompile of the initial state: {compile_s['threefry2x32']:.2f} s with "
+                 f"threefry keys, {compile_s['rbg']:.2f} s with `rbg`.\n")
+    return text + "\n" + _caption(document, "python -m benchmarks.speedrun_ablations") + "\n"
+
+
+def write_speedrun_chart(document: dict, path: str | Path, *,
+                         source: str | Path | None = None) -> Path | None:
+    """The chart of a `make speedrun` file: test accuracy after each epoch against seconds
+    since process start, one line per run, a panel per recipe, its target dashed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta = document.get("meta", {})
+    recipes = meta.get("recipes", {})
+    runs = [row["run"] for row in document["rows"] if "run" in row]
+    colors = {"jaxscale": "#1f77b4", "torch": "#d62728", "torch_compile": "#ff7f0e",
+              "keras": "#2ca02c"}
+    figure, panels = plt.subplots(1, max(len(recipes), 1), figsize=(6 * max(len(recipes), 1),
+                                                                     4.2), squeeze=False)
+    for panel, (recipe, config) in zip(panels[0], recipes.items()):
+        target = config["target"]
+        labelled = set()
+        for run in runs:
+            if run["recipe"] != recipe or run.get("status") == "failed":
+                continue
+            label = None if run["system"] in labelled else run["system"]
+            labelled.add(run["system"])
+            panel.plot([p["seconds"] for p in run["curve"]],
+                       [100 * p["accuracy"] for p in run["curve"]], marker="o", ms=3, lw=1,
+                       color=colors.get(run["system"], "gray"), label=label, alpha=0.8)
+        panel.axhline(100 * target, color="black", lw=0.8, ls="--")
+        panel.set_title(f"{recipe} (target {100 * target:.1f} %)", fontsize=9)
+        panel.set_xlabel("seconds since process start (incl. imports, data, compile)")
+        panel.set_ylabel("test accuracy after each epoch (%)")
+        panel.set_ylim(max(95.0, 100 * target - 2.5), 100.0)
+        panel.grid(alpha=0.3)
+        if labelled:
+            panel.legend(fontsize=8, loc="lower right")
+    figure.suptitle("\n".join(textwrap.wrap(chart_title("make speedrun", meta), 110)),
+                    fontsize=9)
+    figure.tight_layout()
+    path = save_figure(figure, path, source=source)
+    plt.close(figure)
+    return path
+
+
+def _speedrun_chart(source: Path, chart: Path) -> None:
+    write_speedrun_chart(json.loads(source.read_text()), chart, source=source)
+
+
 TABLES = {
     "modes": modes_table,                 # <!-- generated: modes -->
     "bench-summary": summary_table,       # <!-- generated: bench-summary bench-cpu.json -->
     "bench": section_table,               # <!-- generated: bench scaling bench-cpu.json -->
     "reproduce": reproduce_table,         # <!-- generated: reproduce reproduce-cpu.json -->
+    "speedrun": speedrun_table,           # <!-- generated: speedrun speedrun-cpu.json -->
+    "speedrun-ablations": ablations_table,  # <!-- generated: speedrun-ablations ablations-cpu.json -->
 }
 
 
@@ -549,7 +696,8 @@ def _reproduce_chart(source: Path, chart: Path) -> None:
     write_accuracy_chart(json.loads(source.read_text()), chart, source=source)
 
 
-CHARTS = {"bench": _bench_chart, "reproduce": _reproduce_chart}
+CHARTS = {"bench": _bench_chart, "reproduce": _reproduce_chart,
+          "speedrun": _speedrun_chart}
 
 
 def update_docs(root: Path = ROOT, *, check: bool = False) -> list[Path]:

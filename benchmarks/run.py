@@ -3,13 +3,14 @@
     python -m benchmarks.run [--quick] [--out DIR] [--data-dir DIR] [--only stats,scaling]
 
 Sections (each a module of this package): stats (dataset statistics vs NumPy / Keras `fit`),
-scaling (scaling alone vs Keras `flow`, GB/s against the measured copy roofline), flow (the
-public `flow` / `flow_from_directory` at batch 64 vs Keras', with issue 15's bars), train (the
-BN CNN's step with each mode fused, vs Keras `train_on_batch`), augment (the seed recipe vs
-Keras' `flow`, and its share of the train step), pipeline (device-resident vs streaming
-input) and streaming (issue 18: images/s delivered to the device from record files, JPEG
-decoding beside Pillow and tf.data, and a training run streamed from disk vs resident, with
-peak RSS). A section that fails is reported as n/a with why, and the others still run.
+scaling (scaling alone vs Keras `flow`, as a fraction of the measured memory or compute
+roofline, whichever bounds the mode), flow (the public `flow` / `flow_from_directory` at batch
+64 vs Keras', with issue 15's bars), train (the BN CNN's step with each mode fused, vs Keras
+`train_on_batch`), augment (the seed recipe vs Keras' `flow`, and its share of the train step),
+pipeline (device-resident vs streaming input) and streaming (issue 18: images/s delivered to
+the device from record files, JPEG decoding beside Pillow and tf.data, and a training run
+streamed from disk vs resident, with peak RSS). A section that fails is reported as n/a with
+why, and the others still run.
 
 Writes `<out>/bench-<hardware>.json` (`bench-cpu.json`, `bench-h100.json`, ...: device,
 versions, commit, every repeat) and its chart `<out>/bench-<hardware>.png`, and prints a table.

@@ -7,7 +7,7 @@ def settings(quick: bool) -> dict:
     if quick:
         return {"stats": {"repeats": 3, "modes": ("standardize",)},
                 "scaling": {"batch_size": 2048, "buffers": 4, "repeats": 3,
-                            "keras_batches": 2},
+                            "keras_batches": 2, "roofline_repeats": 10},
                 "train": {"steps": 5, "warmup": 1, "modes": ("none", "standardize")},
                 "augment": {"buffers": 2, "repeats": 3, "flow_batches": 3, "keras_batches": 2,
                             "fused_batch_sizes": (64,), "fused_rounds": 3},

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import (bench_scaling, bench_stats, bench_train, data, keras_peer, report,
-                        reproduce, run)
+                        reproduce, roofline, run)
 from benchmarks.timing import Job, Timing, measure, measure_interleaved
 
 
@@ -88,21 +88,46 @@ def test_real_mnist_when_files_are_there(mnist_dir):
 
 
 def test_scaling_rows_on_tiny_input():
-    rows = bench_scaling.run(tiny_images(), modes=("none", "standardize"), batch_size=16,
-                             buffers=2, repeats=1, keras=False,
-                             roofline=bench_scaling.copy_bandwidth(1, buffers=2, repeats=1),
+    rows = bench_scaling.run(tiny_images(), modes=("none", "standardize", "zca"), batch_size=16,
+                             buffers=2, repeats=1, keras=False, roofline_repeats=2,
+                             compute_roofline=roofline.compute_peak(64, repeats=2),
                              check_modes=("standardize",))
-    assert [r["name"] for r in rows] == ["copy_roofline", "none", "standardize",
-                                         "standardize/checked"]
+    assert [r["name"] for r in rows] == ["copy_roofline", "compute_roofline", "none",
+                                         "standardize", "zca", "standardize/checked"]
+    memory, compute = rows[0], rows[1]
+    assert memory["megabytes"] >= 1 and memory["gb_per_s"] >= memory["gb_per_s_median"] > 0
     checked = rows[-1]
     assert checked["images_per_s"] > 0 and checked["unchecked_images_per_s"] > 0
     assert checked["overhead_pct"] == pytest.approx(
         100 * (checked["unchecked_images_per_s"] / checked["images_per_s"] - 1))
-    for row in rows[1:-1]:
+    for row in rows[2:-1]:
         assert row["batch_size"] == 16 and row["buffers"] == 2
         assert row["gb_per_s"] > 0 and row["images_per_s"] > 0
-        assert row["roofline_fraction"] == pytest.approx(row["gb_per_s"] / rows[0]["gb_per_s"])
         assert row["ratio"] is None
+        # the fraction is the bound's time over the measured time, whichever roofline binds
+        by_memory = row["gb_per_s"] / memory["gb_per_s"]
+        by_compute = row["gflop_per_s"] / compute["gflop_per_s"]
+        assert row["bound"] == ("compute" if by_compute > by_memory else "memory")
+        assert row["roofline_fraction"] == pytest.approx(max(by_memory, by_compute))
+
+
+def test_flops_and_bytes_per_scaling_batch():
+    shape = (16, 8, 8, 1)
+    assert bench_scaling.bytes_per_batch("none", shape) == 16 * 64 * 5
+    assert bench_scaling.bytes_per_batch("zca", shape) == 16 * 64 * 5 + 64 * 64 * 4
+    assert bench_scaling.flops_per_batch("none", shape) == 0
+    assert bench_scaling.flops_per_batch("zca", shape) == 16 * 64 * (1 + 2 * 64)
+    assert bench_scaling.working_set_bytes(shape, 3) == 3 * 16 * 64 * 5
+
+
+def test_memory_roofline_updates_in_place_and_bound_picks_the_slower_limit():
+    row = roofline.memory_bandwidth(1 << 20, repeats=3, warmup=1)
+    assert row["megabytes"] == 1 and len(row["seconds_repeats"]) == 3
+    assert row["gb_per_s"] == pytest.approx(2 * (1 << 20) / min(row["seconds_repeats"]) / 1e9)
+    memory, compute = {"gb_per_s": 10.0}, {"gflop_per_s": 100.0}
+    assert roofline.bound_seconds(1e9, 1e9, memory, compute) == (0.1, "memory")
+    assert roofline.bound_seconds(1e9, 1e11, memory, compute) == (1.0, "compute")
+    assert roofline.bound_seconds(1e9, 1e11, memory, None) == (0.1, "memory")
 
 
 def test_stats_rows_on_tiny_input():
@@ -214,7 +239,7 @@ def test_run_quick_writes_json_and_chart(tmp_path, monkeypatch):
     names = [(r["bench"], r["name"]) for r in document["rows"]]
     assert ("scaling", "zca") in names and ("stats", "compute_stats") in names
     assert all(math.isfinite(r["images_per_s"]) for r in document["rows"]
-               if r["bench"] == "scaling" and r["name"] != "copy_roofline")
+               if r["bench"] == "scaling" and not r["name"].endswith("_roofline"))
     assert result["chart"] == tmp_path / "bench-cpu.png"
     assert report.chart_source(result["chart"]).endswith(
         report.sha256_of(tmp_path / "bench-cpu.json"))
