@@ -379,7 +379,24 @@ _SECTION_COLUMNS = {
     "augment": (("augment_share", "share of the step",
                  lambda v: "-" if v is None else f"{v * 100:.1f} %"),),
     "pipeline": (("batches_per_s", "batches/s", lambda v: _number(v, ",.0f")),),
+    "streaming": (("images_per_cpu_s", "images/s per core-second", _rate),
+                  ("peak_rss_mb", "peak RSS", lambda v: "-" if v is None else f"{v:,.0f} MB"),
+                  (None, "issue 18 bar", lambda row: _streaming_bar(row))),
 }
+
+
+def _streaming_bar(row: dict) -> str:
+    """A streaming row against its bar: images/s delivered, or the streamed training run's
+    time relative to the resident one (and whether its numbers are the same bits)."""
+    if "slowdown" in row:
+        met = row["slowdown"] <= row["bar_slowdown"]
+        same = "same bits" if row.get("same_numbers") else "**numbers differ**"
+        return (f"x{row['slowdown']:.3f} of resident, bar x{row['bar_slowdown']}: "
+                f"{'met' if met else '**missed**'}; {same}")
+    if not row.get("bar"):
+        return "-"
+    met = row.get("images_per_s", 0) >= row["bar"]
+    return f">= {_rate(row['bar'])}: {'met' if met else '**missed**'}"
 
 
 def section_table(section: str, name: str) -> str:
@@ -410,7 +427,7 @@ def section_table(section: str, name: str) -> str:
         cells = [row["name"], str(row.get("batch_size", "")), _rate(row.get("images_per_s")),
                  _percent(spread),
                  _rate(_peer_rate(row)), _ratio(row.get("ratio")),
-                 *(format_(row.get(key)) for key, _, format_ in extra)]
+                 *(format_(row if key is None else row.get(key)) for key, _, format_ in extra)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + _caption(document, "make bench") + "\n"
 

@@ -449,3 +449,14 @@ def test_count_compiles_counts_compilations():
     with count_compiles() as compiles:
         jax.jit(lambda x: x * constant + 1)(1.0)
     assert compiles[0] == 1
+
+
+def test_streaming_rows_are_judged_against_issue_18s_bars():
+    from benchmarks.report import _streaming_bar
+    assert _streaming_bar({"images_per_s": 2e5, "bar": 150_000}) == ">= 150k: met"
+    assert _streaming_bar({"images_per_s": 1e5, "bar": 150_000}) == ">= 150k: **missed**"
+    assert _streaming_bar({"images_per_s": 1e5, "bar": None}) == "-"
+    train = {"slowdown": 1.07, "bar_slowdown": 1.05, "same_numbers": True}
+    assert _streaming_bar(train) == "x1.070 of resident, bar x1.05: **missed**; same bits"
+    assert "met; **numbers differ**" in _streaming_bar(dict(train, slowdown=1.0,
+                                                              same_numbers=False))
