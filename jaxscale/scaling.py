@@ -330,6 +330,39 @@ def scale(images: jax.Array, config: ScalingConfig,
     return x.astype(config.dtype)
 
 
+def output_bound(config: ScalingConfig, params: ScalingParams | None,
+                 input_bound: float) -> float:
+    """An upper bound on |scale(x)| for every x with |x| <= input_bound (float64, on the host).
+
+    Each step's worst case, in `scale`'s order: rescale multiplies by |rescale|, samplewise
+    centering at most doubles, a division by a std + STD_EPSILON multiplies by at most
+    1 / (min std + STD_EPSILON), featurewise centering adds max |mean|, ZCA multiplies by the
+    largest column sum of |matrix| (`flat @ matrix`). A `preprocessing_function` can do
+    anything: the bound is then inf. Callers compare it with the output dtype's largest
+    finite value to know that a batch of such images cannot overflow (so needs no NaN/inf
+    check once its params are checked finite).
+    """
+    if config.preprocessing_function is not None:
+        return math.inf
+    bound = float(input_bound)
+    if config.rescale:
+        bound *= abs(float(config.rescale))
+    if config.samplewise_center:
+        bound *= 2.0
+    if config.samplewise_std_normalization:
+        bound /= STD_EPSILON
+    used = _used_params(config, params)
+    if "mean" in used:
+        bound += float(np.max(np.abs(np.asarray(used["mean"], np.float64)), initial=0.0))
+    if "std" in used:
+        bound /= float(np.min(np.asarray(used["std"], np.float64), initial=math.inf)) + \
+            STD_EPSILON
+    if "zca_matrix" in used:
+        bound *= float(np.max(np.abs(np.asarray(used["zca_matrix"], np.float64)).sum(axis=0),
+                              initial=0.0))
+    return bound if math.isfinite(bound) else math.inf
+
+
 def _apply_zca(x: jax.Array, matrix: jax.Array, data_format: DataFormat) -> jax.Array:
     if data_format == "channels_first":
         x = jnp.transpose(x, (0, 2, 3, 1))

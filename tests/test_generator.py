@@ -353,6 +353,33 @@ def test_flow_reports_a_batch_that_overflows():
     assert not np.isfinite(np.asarray(next(unchecked.flow(x, y, batch_size=8))[0])).any()
 
 
+@pytest.mark.parametrize("kwargs,checked", [
+    # uint8 in [0, 255]: standardize's output is at most (255 + max mean) / (min std + 1e-6)
+    (dict(featurewise_center=True, featurewise_std_normalization=True), False),
+    (dict(rescale=1e35), False),                # 2.55e37 < float32's 3.4e38
+    (dict(rescale=1e37), True),                 # 2.55e39 overflows float32
+    (dict(rescale=300.0, dtype="float16"), True),  # 76500 > float16's 65504
+    (dict(rescale=100.0, dtype="float16"), False),  # 25500, with a 2x margin for rounding
+    (dict(preprocessing_function=lambda im: im), True),  # could do anything
+])
+def test_flow_checks_only_batches_that_could_overflow(kwargs, checked):
+    # The NaN/inf check runs in the batches' compiled call unless the output's bound, derived
+    # from the integer input range and the checked params, stays below the dtype's largest
+    # value; a batch that does overflow is reported either way.
+    x, y = digits(20)
+    gen = jaxscale.ImageDataGenerator(**kwargs)
+    if gen.config.featurewise_center:
+        gen.fit(x)
+    it = gen.flow(x, y, batch_size=8)
+    assert it._needs_check(it.x) == checked
+    assert it._needs_check(it.x.astype(np.float32))  # float images are always checked
+    if checked and "preprocessing_function" not in kwargs:
+        with pytest.raises(ValueError, match="a scaled batch holds NaN or inf"):
+            next(it)
+    else:
+        assert np.isfinite(np.asarray(next(it)[0], np.float32)).all()
+
+
 def test_apply_transform_refuses_nan_parameters():
     x, _, gen = _standardizing()
     with pytest.raises(ValueError, match="'theta' must be finite"):

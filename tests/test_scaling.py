@@ -431,3 +431,21 @@ def test_load_scaling_names_a_statistics_file(tmp_path):
     np.savez(tmp_path / "plain.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match=r"plain.npz: an .npz without the 'meta' entry"):
         jaxscale.load_scaling(tmp_path / "plain.npz")
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_output_bound_holds_for_the_extreme_uint8_images(mode):
+    # |scale(x)| <= output_bound for any uint8 x: black, white, a one-pixel image (samplewise
+    # std near its smallest) and random ones, with params fitted on data unlike them.
+    from jaxscale.scaling import output_bound
+    rng = np.random.default_rng(3)
+    fit_on = rng.integers(100, 140, (16, 8, 8, 1), dtype=np.uint8)
+    config = jaxscale.scaling_config(mode)
+    params = fit_scaling(config, fit_on) if config.needs_fit else None
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    images[1] = 255
+    images[2, 0, 0, 0] = 255
+    images[3] = rng.integers(0, 256, (8, 8, 1))
+    largest = float(np.abs(np.asarray(jaxscale.scale(images, config, params),
+                                      np.float64)).max())
+    assert 0 < largest <= output_bound(config, params, 255.0) < np.inf

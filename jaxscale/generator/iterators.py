@@ -403,21 +403,47 @@ class _DeviceScaled(Iterator):
                        host_dtype: str | None, check_finite: bool = True):
         self.config, self.params = config, params
         self.check_finite = check_finite
+        self._check_cache = {}
         self.augment_config = augment_config
         self._out_dtype = out_dtype
         self._host_dtype = host_dtype
         # Its own stream, so turning augmentation on does not change the shuffle order.
         self.augment_key = jax.random.fold_in(jax.random.PRNGKey(self.seed), 1)
 
+    def _needs_check(self, images) -> bool:
+        """Whether the batches of `images` need the NaN/inf check: not when they are integers
+        and `scaling.output_bound` shows that no output can reach the output dtype's largest
+        value (the params were checked finite by the generator), so the check costs nothing
+        on the common uint8 path (it doubled the time of a normalize call)."""
+        if not self.check_finite:
+            return False
+        dtype = np.dtype(images.dtype)
+        if not np.issubdtype(dtype, np.integer):
+            return True
+        key = (dtype, self._out_dtype)
+        if key not in self._check_cache:
+            info = np.iinfo(dtype)
+            bound = float(max(abs(int(info.min)), int(info.max)))
+            augment = self.augment_config
+            if augment is not None:  # resampling mixes pixels and cval convexly (order <= 1)
+                bright = max(1.0, *(augment.brightness_range or (1.0,)))
+                bound = max(bound, abs(float(augment.cval))) * bright + float(
+                    augment.channel_shift_range)
+            largest = float(jnp.finfo(self._out_dtype or self.config.dtype).max)
+            self._check_cache[key] = not (
+                2.0 * scaling.output_bound(self.config, self.params, bound) < largest)
+        return self._check_cache[key]
+
     def _call(self, images, extras, order, first: int, count: int, *,
               to_channels_first: bool = False):
+        check = self._needs_check(images)
         batches, batches_finite = _flow_call(
             images, tuple(extras), order, first * self.batch_size, self.params,
             self.augment_key, self.epoch, sizes=self._sizes(first, count),
             config=self.config, augment_config=self.augment_config,
             out_dtype=self._out_dtype, to_channels_first=to_channels_first,
-            check=self.check_finite)
-        if self.check_finite:
+            check=check)
+        if check:
             # the generator checked its params, flow its images: only float32 overflow or a
             # preprocessing_function (or NaN decoded from files) can bring NaN/inf here
             raise_on_flags(batches_finite[None], (
