@@ -434,21 +434,35 @@ def load_data_source(name: str, split: str = "train", *,
                         tuple(info.features[image_key].shape))
 
 
-def _load_tfds(name: str, split: str, data_dir, *, shard: tuple[int, int] | None,
-               validation: tuple[float, str] | None) -> Dataset:
-    tfds = _import_tfds()
-    builder = tfds_builder(name, data_dir)
+def tfds_images(name: str, split: str, data_dir=None, **builder_kwargs):
+    """The tfds builder of a supervised dataset of fixed-shape images, checked.
+
+    Returns:
+      (builder, image_key, label_key, image_shape [H, W, C]).
+
+    Raises:
+      ValueError: not an (image, label) dataset, images of no fixed [H, W, C] shape
+        (resize variable-size datasets with a tfds pipeline), or an unknown split (named).
+    """
+    builder = tfds_builder(name, data_dir, **builder_kwargs)
     info = builder.info
     if not info.supervised_keys or len(info.supervised_keys) != 2:
         raise ValueError(f"{name} is not a supervised (image, label) dataset in tfds")
     image_key, label_key = info.supervised_keys
     image_shape = tuple(info.features[image_key].shape)
     if len(image_shape) != 3 or None in image_shape:
-        raise ValueError(f"{name}'s images have shape {image_shape}; load_dataset needs a "
-                         "fixed [H, W, C] (resize variable-size datasets with a tfds pipeline)")
-    base = split.split("[")[0]
-    if info.splits and base not in info.splits:
+        raise ValueError(f"{name}'s images have shape {image_shape}; jaxscale needs a fixed "
+                         "[H, W, C] (resize variable-size datasets with a tfds pipeline)")
+    if info.splits and split.split("[")[0] not in info.splits:
         raise ValueError(f"{name} has splits {sorted(info.splits)}, got split {split!r}")
+    return builder, image_key, label_key, image_shape
+
+
+def _load_tfds(name: str, split: str, data_dir, *, shard: tuple[int, int] | None,
+               validation: tuple[float, str] | None) -> Dataset:
+    tfds = _import_tfds()
+    builder, image_key, label_key, _ = tfds_images(name, split, data_dir)
+    info = builder.info
     read = split
     # Slice in tfds when split sizes are known (only that part is read); without metadata
     # (e.g. under tfds.testing.mock_data) read the split and slice the arrays.

@@ -55,7 +55,7 @@ from typing import Any, Iterable, Iterator
 import jax
 import numpy as np
 
-from jaxscale.data.datasets import DatasetFileError, cache_dir, file_lock, tfds_builder
+from jaxscale.data.datasets import DatasetFileError, cache_dir, file_lock, tfds_images
 from jaxscale.data.pipeline import (Batch, HostSource, Reader, ReadOrder, StreamOptions,
                                     as_reader, chunk_spans, epoch_batches, read_rows)
 from jaxscale.data.sharding import process_rows
@@ -762,17 +762,8 @@ def tfds_records(name: str, split: str = "train", *, data_dir: str | Path | None
     """
     import tensorflow_datasets as tfds
 
-    builder = tfds_builder(name, data_dir)
+    builder, image_key, label_key, image_shape = tfds_images(name, split, data_dir)
     info = builder.info
-    if not info.supervised_keys or len(info.supervised_keys) != 2:
-        raise ValueError(f"{name} is not a supervised (image, label) dataset in tfds")
-    image_key, label_key = info.supervised_keys
-    image_shape = tuple(info.features[image_key].shape)
-    if len(image_shape) != 3 or None in image_shape:
-        raise ValueError(f"{name}'s images have shape {image_shape}; records need a fixed "
-                         "[H, W, C]")
-    if info.splits and split.split("[")[0] not in info.splits:
-        raise ValueError(f"{name} has splits {sorted(info.splits)}, got split {split!r}")
     num_classes = int(info.features[label_key].num_classes)
     root = cache_dir() / RECORDS_DIR
     folder = root / name / str(info.version) / _split_folder(split)
