@@ -329,6 +329,7 @@ def _quadrant_images(count: int, size: int, block: int):
     return images, labels
 
 
+@pytest.mark.slow  # a benchmark peer's training (Keras / PyTorch imports): make test-slow
 def test_keras_runs_the_tutorial_recipe_and_learns():
     pytest.importorskip("keras")
     images, labels = _quadrant_images(640, 12, 3)
@@ -357,6 +358,7 @@ def test_keras_runs_each_row_with_its_model_augmentation_and_schedule(monkeypatc
     assert calls[-1][1]["model"] == "small_cnn" and calls[-1][1]["augment"] is None
 
 
+@pytest.mark.slow  # a benchmark peer's training (Keras / PyTorch imports): make test-slow
 def test_keras_runs_the_bn_recipe_with_augmentation_and_learns():
     pytest.importorskip("keras")
     from jaxscale.augmentation import SEED_RECIPE, keras_keywords

@@ -169,6 +169,7 @@ def test_epoch_rows_are_a_permutation_cut_into_batches():
     np.testing.assert_array_equal(rows, sr.epoch_rows(0, 1, 100, 32))
 
 
+@pytest.mark.slow  # a benchmark peer's training (Keras / PyTorch imports): make test-slow
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_peers_build_the_same_network(name):
     """Same layers, same parameter count per layer, in PyTorch and Keras (when installed)."""
