@@ -51,15 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscale.validation import (
-    DataFormat,
-    as_array,
-    check_data_format,
-    check_images,
-    check_representable,
-    finite,
-    raise_on_flags,
-)
+from jaxscale.validation import (DataFormat, as_array, check_data_format, check_images,
+                                 check_representable, finite, raise_on_flags)
 
 FILL_MODES = ("constant", "nearest", "reflect", "wrap", "grid-wrap")
 INTERPOLATION_ORDERS = (0, 1)
