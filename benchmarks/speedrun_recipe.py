@@ -118,54 +118,40 @@ class SpeedrunNet(nn.Module):
     switches BatchNorm to batch statistics (and makes `batch_stats` mutable).
 
     Attributes:
-      widths: output channels of each convolution.
-      pools: whether a 2x2 max pool follows each convolution (same length as widths).
-      hidden: units of a hidden dense layer before the output (0: none).
-      kernel_size: of every convolution (VALID padding, stride 1).
-      space_to_depth: block size folded into channels before the first convolution.
-      bn_momentum, bn_epsilon: BatchNorm's running-average momentum (Flax's convention: new =
-        momentum * old + (1 - momentum) * batch) and epsilon.
+      config: the recipe; its widths, pools, hidden, kernel_size, space_to_depth,
+        bn_momentum and bn_epsilon define the net (see `SpeedrunConfig`).
+      num_classes: logits per image.
     """
 
-    widths: tuple[int, ...] = (32, 64)
-    pools: tuple[bool, ...] = (True, False)
-    hidden: int = 0
-    kernel_size: int = 3
-    space_to_depth: int = 2
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
+    config: SpeedrunConfig
     num_classes: int = NUM_CLASSES
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if len(self.widths) != len(self.pools):
-            raise ValueError(f"widths {self.widths} and pools {self.pools} differ in length")
-        x = space_to_depth(x, self.space_to_depth)
+        c = self.config
+        x = space_to_depth(x, c.space_to_depth)
         init = nn.initializers.lecun_normal()
-        k = self.kernel_size
-        for i, (width, pool) in enumerate(zip(self.widths, self.pools)):
+        k = c.kernel_size
+        for i, (width, pool) in enumerate(zip(c.widths, c.pools)):
             kernel = self.param(f"conv{i}", init, (k, k, x.shape[-1], width))
             x = conv2d(x, kernel)
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, name=f"bn{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=c.bn_momentum,
+                             epsilon=c.bn_epsilon, name=f"bn{i}")(x)
             x = nn.relu(x)
             if pool:
                 x = max_pool2(x)
         x = x.reshape(x.shape[0], -1)
-        if self.hidden:
-            x = nn.Dense(self.hidden, use_bias=False, name="hidden")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, name="bn_hidden")(x)
+        if c.hidden:
+            x = nn.Dense(c.hidden, use_bias=False, name="hidden")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=c.bn_momentum,
+                             epsilon=c.bn_epsilon, name="bn_hidden")(x)
             x = nn.relu(x)
         return nn.Dense(self.num_classes, name="head")(x)
 
 
 def make_model(config: SpeedrunConfig) -> SpeedrunNet:
     """The recipe's network."""
-    return SpeedrunNet(widths=config.widths, pools=config.pools, hidden=config.hidden,
-                       kernel_size=config.kernel_size,
-                       space_to_depth=config.space_to_depth, bn_momentum=config.bn_momentum,
-                       bn_epsilon=config.bn_epsilon)
+    return SpeedrunNet(config)
 
 
 def lr_at(config: SpeedrunConfig, total_steps: int, step) -> jax.Array:
