@@ -308,3 +308,33 @@ def test_the_scaling_fit_reads_blocks_the_same_from_arrays_and_readers(data, mon
     np.testing.assert_allclose(from_reader.mean, images.mean(axis=(0, 1, 2)), rtol=rtol)
     np.testing.assert_allclose(np.asarray(from_reader.std, np.float64) ** 2,
                                images.var(axis=(0, 1, 2)), rtol=2 * rtol)
+
+
+def test_the_progress_bar_counts_finished_steps(small, monkeypatch):
+    # The bar moves only where the host has read the running sums (log points, epoch ends):
+    # at each dispatch it would run ahead of the device and then stall at the next read.
+    import tqdm.auto
+
+    positions = []
+
+    class Recording:
+        def __init__(self, *args, initial=0, **kwargs):
+            self.n = initial
+
+        def update(self, count):
+            self.n += count
+            positions.append(self.n)
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def write(self, line):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    config = TrainConfig(model="small_cnn", scaling="normalize", epochs=2, batch_size=32)
+    train(config, small, progress=True, log_every=3)  # 4 steps an epoch
+    assert positions == [3, 4, 6, 8]

@@ -526,9 +526,10 @@ def _train_epoch(run: _Run, state, sums, epoch: int, step: int, saver: "_Saver",
         # step record off the log_every grid: a resumed run would not have it
         logged = step // log_every > previous // log_every or \
             step == epoch_start + run.steps_per_epoch
-        if logged or step == epoch_start + last:
+        read = logged or step == epoch_start + last
+        if read:
             means = _means(sums)
-        log.step(step, epoch, means if logged else None)
+        log.step(step, epoch, means if logged else None, finished=read)
     seconds = time.perf_counter() - started
     record = {"epoch": epoch + 1, "step": step, "train_loss": means["loss"],
               "train_accuracy": means["accuracy"], "test_loss": None, "test_accuracy": None,
@@ -579,9 +580,13 @@ class _Log:
                             dynamic_ncols=True)
         self.window = (time.perf_counter(), step)
 
-    def step(self, step: int, epoch: int, means: dict | None) -> None:
-        """Progress to `step`; with `means`, a step record and the bar's figures."""
-        if self.bar is not None:
+    def step(self, step: int, epoch: int, means: dict | None, *, finished: bool) -> None:
+        """Progress to `step`; with `means`, a step record and the bar's figures.
+
+        The bar counts finished steps: it moves when `finished` (the host has just read the
+        running sums, so every step up to `step` is done), not at each dispatch, which runs
+        ahead of the device (the bar then raced ahead and waited at every log point)."""
+        if self.bar is not None and finished:
             self.bar.update(step - self.bar.n)
         if means is None:
             return
