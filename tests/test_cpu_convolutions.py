@@ -110,5 +110,5 @@ def test_runner_steps_use_the_options(kind, library, monkeypatch):
     assert "convolution(" in text
     assert ("convolution" in _ynn_ops(text)) == (library == "ynnpack")
     # every convolution in the layout XLA:CPU's fast convolutions take: under a lax.scan the
-    # weight-gradient ones came out as f01b_i01o->01bf, run by a naive loop (~8x slower step)
+    # weight-gradient ones came out as f01b_i01o->01bf, run by a naive loop (a much slower step)
     assert set(re.findall(r"dim_labels=([\w>-]+)", text)) == {"b01f_01io->b01f"}

@@ -184,7 +184,8 @@ def train_chunk(train_step: Callable, take: Callable, *, scan: bool = True) -> C
         chunk's leading axis is static) and is what a chunk of one step should use on CPU:
         XLA:CPU compiles the weight-gradient convolutions inside a loop body in a layout its
         fast convolutions do not take and falls back to a naive loop, so the BN CNN's step
-        ran ~8x slower under a `lax.scan` even of length 1 (see `runners.make_runner`).
+        ran several times slower under a `lax.scan`, even of length 1 (see
+        `runners.make_runner`).
 
     Returns:
       `run(state, sums, data, chunk, key) -> (state, sums)`: `train_step` over the chunk's
