@@ -61,12 +61,14 @@ def gathered(data, batch_size, *, seed, epochs, shuffle=True, drop_remainder=Tru
 
 # --- order -----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("read_batches", [None, 1, 5])  # None: whole epochs per read here
 @pytest.mark.parametrize("drop_remainder", [True, False])
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_stream_equals_gathering_the_arrays_in_epoch_order(data, reader, drop_remainder,
-                                                           shuffle):
+                                                           shuffle, read_batches):
+    options = streaming.StreamOptions(read_batches=read_batches)
     got = host(streaming.stream(reader, 16, seed=7, num_epochs=2, shuffle=shuffle,
-                                drop_remainder=drop_remainder))
+                                drop_remainder=drop_remainder, options=options))
     assert_same_batches(got, gathered(data, 16, seed=7, epochs=2, shuffle=shuffle,
                                       drop_remainder=drop_remainder))
 
@@ -89,6 +91,43 @@ def test_chunks_are_the_host_sources_chunks(data, reader, steps_per_call):
         2, epoch, 16, drop_remainder=False, steps_per_call=steps_per_call))
     assert [c[2].shape[0] for c in got] == [c[2].shape[0] for c in expected]
     assert_same_batches(got, expected)
+
+
+class CountingReader:
+    """A reader that records the number of rows of every `read` call."""
+
+    def __init__(self, reader):
+        self.inner, self.calls = reader, []
+        self.image_shape, self.num_classes = reader.image_shape, reader.num_classes
+
+    def __len__(self):
+        return len(self.inner)
+
+    def read(self, rows):
+        self.calls.append(len(rows))
+        return self.inner.read(rows)
+
+
+@pytest.mark.parametrize("read_batches, expected", [
+    (1, [16] * 12), (5, [80, 80, 32]), (None, [192])])  # 12 batches of 16 per epoch
+def test_single_batches_are_read_several_per_call(reader, read_batches, expected):
+    counting = CountingReader(reader)
+    stream = streaming.stream(counting, 16, seed=1, options=streaming.StreamOptions(
+        read_threads=0, read_batches=read_batches))
+    assert len(host(stream)) == 12
+    assert counting.calls == expected
+
+
+def test_default_read_batches_bounds_examples_and_bytes():
+    from jaxscale.data.pipeline import READ_BYTES, READ_EXAMPLES, default_read_batches
+
+    assert default_read_batches(256, 28 * 28) == -(-READ_EXAMPLES // 256)  # MNIST: 16
+    assert default_read_batches(READ_EXAMPLES, 1) == 1
+    assert default_read_batches(256, 224 * 224 * 3) == 1  # 38 MB batches: one per read
+    big = default_read_batches(8, READ_BYTES // 64)  # 8 examples of 1/64 of the budget
+    assert big == 8 and big * 8 * (READ_BYTES // 64) <= READ_BYTES
+    with pytest.raises(ValueError, match="read_batches"):
+        streaming.StreamOptions(read_batches=0)
 
 
 def test_worker_processes_and_threads_do_not_change_the_batches(data, record_files):
@@ -166,14 +205,16 @@ def test_batch_size_must_split_over_processes(reader):
 
 @pytest.mark.parametrize("stop_after", [0, 5, 12, 13, 30])  # 12 steps per epoch
 def test_resume_mid_epoch_is_exact(data, reader, stop_after):
+    # the first stream stops inside a read of 5 batches; the resumed one reads 3 at a time
     expected = gathered(data, 16, seed=5, epochs=3)
-    first = streaming.stream(reader, 16, seed=5, num_epochs=3)
+    first = streaming.stream(reader, 16, seed=5, num_epochs=3,
+                             options=streaming.StreamOptions(read_batches=5))
     head = host(b for _, b in zip(range(stop_after), first))
     state = json.loads(json.dumps(first.get_state()))  # what a checkpoint stores
     first.close()
     assert (state["epoch"], state["step"]) == divmod(stop_after, 12)
     resumed = streaming.stream(reader, 16, seed=5, num_epochs=3,
-                               options=streaming.StreamOptions(read_threads=0))
+                               options=streaming.StreamOptions(read_threads=0, read_batches=3))
     resumed.set_state(state)
     assert_same_batches(head + host(resumed), expected)
 

@@ -267,26 +267,46 @@ class StreamOptions:
         the GIL, so threads serve them better. Needs the grain loader.
       read_threads: threads per process, each reading whole batches (Grain `ReadOptions`;
         with the threads loader, the read-ahead threads).
-      buffer_size: batches each process keeps ready ahead of use (Grain).
+      buffer_size: reads each process keeps ready ahead of use (Grain).
+      read_batches: consecutive batches of a Grain stream fetched by one `reader.read` call,
+        then handed out one at a time (never across an epoch's end). A random-access reader
+        pays a fixed cost per call, ArrayRecord's many times its cost per record, and a
+        batch spread over several shard files is one call per file: small reads cap the
+        rate (docs/streaming.md). None: `default_read_batches` (about READ_EXAMPLES
+        examples, at most READ_BYTES of images). A stream with `steps_per_call` reads its
+        chunks whole instead.
     """
 
     loader: str = "auto"
     worker_count: int = 0
     read_threads: int = 2
     buffer_size: int = 2
+    read_batches: int | None = None
 
     def __post_init__(self):
         if self.loader not in LOADERS:
             raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
-        if self.worker_count < 0 or self.read_threads < 0 or self.buffer_size < 1:
-            raise ValueError(f"need worker_count >= 0, read_threads >= 0, buffer_size >= 1; "
-                             f"got {self}")
+        if (self.worker_count < 0 or self.read_threads < 0 or self.buffer_size < 1
+                or (self.read_batches is not None and self.read_batches < 1)):
+            raise ValueError(f"need worker_count >= 0, read_threads >= 0, buffer_size >= 1, "
+                             f"read_batches >= 1 or None; got {self}")
         if self.loader == "threads" and self.worker_count:
             raise ValueError("worker processes need the grain loader, got loader='threads' "
                              f"with worker_count={self.worker_count}")
 
 
 LOADERS = ("auto", "grain", "threads")
+READ_EXAMPLES = 4096   # examples per read call that `default_read_batches` aims at
+READ_BYTES = 16 << 20  # ... without holding more than this many image bytes per read
+
+
+def default_read_batches(batch_size: int, image_bytes: int) -> int:
+    """Batches per read call for `batch_size` examples of `image_bytes` bytes per read
+    (this process's part of a batch): about READ_EXAMPLES examples, at most READ_BYTES of
+    images, at least one batch. MNIST at 256 per batch: 16; 224x224x3 at 256: 1."""
+    by_count = -(-READ_EXAMPLES // max(1, batch_size))
+    by_bytes = READ_BYTES // max(1, batch_size * image_bytes)
+    return max(1, min(by_count, by_bytes))
 
 
 def read_rows(reader: "Reader", rows: np.ndarray, mask: np.ndarray, *,

@@ -41,6 +41,7 @@ buffer_size)` host batches plus the device prefetch.
 from __future__ import annotations
 
 import collections
+import gc
 import glob
 import json
 import math
@@ -57,7 +58,8 @@ import numpy as np
 
 from jaxscale.data.datasets import DatasetFileError, cache_dir, file_lock, tfds_images
 from jaxscale.data.pipeline import (Batch, HostSource, Reader, ReadOrder, StreamOptions,
-                                    as_reader, chunk_spans, epoch_batches, read_rows)
+                                    as_reader, chunk_spans, default_read_batches,
+                                    epoch_batches, read_rows)
 from jaxscale.data.sharding import process_rows
 
 try:
@@ -412,16 +414,15 @@ _UNBOUNDED = sys.maxsize // 2  # the length of a stream without a last epoch
 
 class _Spans:
     """Grain data source of a stream from global step `start` to the end of `num_epochs`
-    epochs (None: no end): element i is this process's part of the steps of span i, the
-    spans being `chunk_spans(S, steps_per_call=K)` of every epoch (of the first one from
-    `start` on), each read with one `reader.read` call (`read_rows`). `chunked`: elements are
-    chunks [k, B/P, ...]; else single batches [B/P, ...] (K = 1)."""
+    epochs (None: no end): element i is this process's part of the steps of span i, a chunk
+    Batch [k, B/P, ...], the spans being `chunk_spans(S, steps_per_call=K)` of every epoch (of
+    the first one from `start` on), each read with one `reader.read` call (`read_rows`)."""
 
     def __init__(self, reader: Reader, order: ReadOrder, *, start: int,
-                 num_epochs: int | None, steps_per_call: int, chunked: bool,
+                 num_epochs: int | None, steps_per_call: int,
                  process_index: int, process_count: int):
         self.reader, self.order = reader, order
-        self.num_epochs, self.chunked = num_epochs, chunked
+        self.num_epochs = num_epochs
         self.process_index, self.process_count = process_index, process_count
         steps = order.steps_per_epoch
         self.first_epoch, step = divmod(start, steps)
@@ -465,9 +466,8 @@ class _Spans:
     def __getitem__(self, index) -> Batch:
         epoch, begin, end = self.span(int(index))
         rows, mask = self.epoch_rows(epoch)
-        batch = read_rows(self.reader, rows[begin:end], mask[begin:end],
-                          process_index=self.process_index, process_count=self.process_count)
-        return batch if self.chunked else Batch(*(x[0] for x in batch))
+        return read_rows(self.reader, rows[begin:end], mask[begin:end],
+                         process_index=self.process_index, process_count=self.process_count)
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
@@ -505,6 +505,9 @@ class StreamIterator(grain.DatasetIterator):
     B/P], bool[k, B/P])` that never cross the end of an epoch (what
     `jaxscale.data.pipeline.HostSource.epoch` yields, before placement).
 
+    Single batches are read `read_batches` at a time (one `reader.read` call per chunk of
+    consecutive batches, never across an epoch's end) and handed out one by one.
+
     `get_state()` / `set_state()` give and take the position of the next batch
     (`ReadOrder.state`); a resumed stream yields exactly the batches the uninterrupted one
     would have, whatever the worker count, process count or `steps_per_call` of either. Make
@@ -532,6 +535,7 @@ class StreamIterator(grain.DatasetIterator):
         self.num_epochs, self.steps_per_call = num_epochs, steps_per_call
         self.process_index, self.process_count = process_index, process_count
         self._position = 0  # global step of the next batch, counted over all epochs
+        self._pending: tuple[Batch, int] | None = None  # a read chunk and its next batch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -551,13 +555,23 @@ class StreamIterator(grain.DatasetIterator):
     def total_steps(self) -> int | float:
         return math.inf if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
 
+    @property
+    def read_batches(self) -> int:
+        """Steps per `reader.read` call: `steps_per_call`, else `options.read_batches` (None:
+        `default_read_batches` of this process's part of a batch)."""
+        if self.steps_per_call is not None:
+            return self.steps_per_call
+        if self.options.read_batches is not None:
+            return self.options.read_batches
+        return default_read_batches(self.config.batch_size // self.process_count,
+                                    math.prod(self.reader.image_shape))
+
     def _pipeline(self):
         # Grain: spans from the current position, read by threads, optionally in worker
         # processes; both keep the element order, so the batches never depend on them.
         o = self.options
         spans = _Spans(self.reader, self.config, start=self._position,
-                       num_epochs=self.num_epochs, steps_per_call=self.steps_per_call or 1,
-                       chunked=self.steps_per_call is not None,
+                       num_epochs=self.num_epochs, steps_per_call=self.read_batches,
                        process_index=self.process_index, process_count=self.process_count)
         dataset = grain.MapDataset.source(spans).to_iter_dataset(grain.ReadOptions(
             num_threads=o.read_threads,
@@ -577,9 +591,16 @@ class StreamIterator(grain.DatasetIterator):
             raise StopIteration
         if self._inner is None:
             self._inner = self._pipeline()
-        batch = Batch(*next(self._inner))
-        self._position += 1 if self.steps_per_call is None else int(batch.mask.shape[0])
-        return batch
+        if self.steps_per_call is not None:
+            chunk = Batch(*next(self._inner))
+            self._position += int(chunk.mask.shape[0])
+            return chunk
+        if self._pending is None:
+            self._pending = (Batch(*next(self._inner)), 0)
+        chunk, index = self._pending
+        self._pending = (chunk, index + 1) if index + 1 < chunk.mask.shape[0] else None
+        self._position += 1
+        return Batch(*(x[index] for x in chunk))
 
     def take(self, steps: int) -> Batch:
         """The next `steps` single batches (a stream without `steps_per_call`) as one chunk
@@ -621,9 +642,15 @@ class StreamIterator(grain.DatasetIterator):
         self._position = position
 
     def _close_inner(self) -> None:
+        self._pending = None
         if self._inner is not None:
             self._inner.close()
             self._inner = None
+            if self.options.worker_count:
+                # The workers' semaphores are finalized by the garbage collector; run it now,
+                # not at a random later moment that may fall inside tfds' lazy imports, which
+                # refuse the finalizer's relative import (an unraisable ValueError).
+                gc.collect()
 
     def close(self) -> None:
         """Stops the reading threads and worker processes."""
