@@ -544,7 +544,8 @@ def speedrun_table(name: str) -> str:
             f"| {row['recipe']} | {row['system']} | {row['seeds']} | "
             f"{100 * row['accuracy_mean']:.2f} % ({100 * row['accuracy_min']:.2f} %) | "
             f"{row['time_mean_s']:.1f} s ({row['time_max_s']:.1f} s) | "
-            f"{row['compile_mean_s']:.1f} s{cache} | {_rate(row.get('images_per_s_mean'))} | "
+            + ("-" if row.get("compile_mean_s") is None else f"{row['compile_mean_s']:.1f} s")
+            + f"{cache} | {_rate(row.get('images_per_s_mean'))} | "
             f"{_ratio(row.get('ours_speedup', 1.0))} |")
     load = meta.get("load_average_after")
     extra = [f"torch {meta['torch']}" if meta.get("torch") else "no torch",
@@ -596,8 +597,8 @@ def write_speedrun_chart(document: dict, path: str | Path, *,
     meta = document.get("meta", {})
     recipes = meta.get("recipes", {})
     runs = [row["run"] for row in document["rows"] if "run" in row]
-    colors = {"jaxscale": "#1f77b4", "torch": "#d62728", "torch_compile": "#ff7f0e",
-              "keras": "#2ca02c"}
+    colors = {"jaxscale": "#1f77b4", "jaxscale_train": "#9467bd", "torch": "#d62728",
+              "torch_compile": "#ff7f0e", "keras": "#2ca02c"}
     figure, panels = plt.subplots(1, max(len(recipes), 1), figsize=(6 * max(len(recipes), 1),
                                                                      4.2), squeeze=False)
     for panel, (recipe, config) in zip(panels[0], recipes.items()):

@@ -10,13 +10,9 @@ Data layout: the whole training set lives on the device as uint8[N, 28, 28, 1]; 
 gather of rows inside the compiled step (`images[rows]`), scaled there with
 `jaxscale.scaling.scale` and, when the recipe shifts, translated there too.
 
-Why the convolution is written by hand (`conv2d`): XLA:CPU (jaxlib 0.10) rewrites the weight
-gradient of a convolution into the layout its Eigen kernels want only outside loops. Inside a
-`while` body (`lax.scan` that is not fully unrolled) it stays in the form `jax.grad` emits and
-is run as a naive loop nest: a train step of this net ran 5-20x slower inside `lax.scan` than
-dispatched on its own (jax-ml/jax#12868 is the same effect for forward convolutions).
-`conv2d` gives JAX the backward convolutions already in that layout (NHWC x HWIO -> NHWC), so
-K steps in one `lax.scan` cost what K single dispatches cost.
+The network is the package's `jaxscale.training.models.SpeedrunNet`, built from
+`jaxscale.training.layers` (whose `conv2d` keeps K scanned steps as fast as K single calls on
+XLA:CPU; the module docstring says why).
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ import dataclasses
 import functools
 from typing import Any
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -34,124 +29,23 @@ import optax
 
 import jaxscale
 from jaxscale.data.pipeline import epoch_batches, epoch_order, take_rows
+from jaxscale.training.models import SpeedrunNet
 from benchmarks.speedrun_config import RECIPES, SpeedrunConfig  # noqa: F401 (re-exported)
 
 NUM_CLASSES = 10
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 # --------------------------------------------------------------------------------------------
-# The convolution and the model
+# The model
 # --------------------------------------------------------------------------------------------
-
-def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                        dimension_numbers=_DIMENSIONS)
-
-
-def conv2d_xla_vjp(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`conv2d` with JAX's own gradient (what `speedrun_ablations` times the recipe against)."""
-    return _conv(x, kernel, "VALID")
-
-
-@jax.custom_vjp
-def conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """A stride-1 VALID convolution whose gradients are convolutions in the canonical layout.
-
-    Args:
-      x: float[N, H, W, C_in].
-      kernel: float[kh, kw, C_in, C_out].
-
-    Returns:
-      float[N, H - kh + 1, W - kw + 1, C_out], the same numbers as
-      `lax.conv_general_dilated(x, kernel, (1, 1), "VALID")`.
-    """
-    return _conv(x, kernel, "VALID")
-
-
-def _conv2d_forward(x, kernel):
-    return _conv(x, kernel, "VALID"), (x, kernel)
-
-
-def _conv2d_backward(residuals, grad):
-    x, kernel = residuals
-    kh, kw = kernel.shape[:2]
-    # d/dx: the full correlation of the output gradient with the flipped kernel, in and out
-    # channels swapped.
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    grad_x = _conv(grad, flipped, ((kh - 1, kh - 1), (kw - 1, kw - 1)))
-    # d/dkernel[a, b, i, o] = sum_{n,h,w} x[n, h+a, w+b, i] grad[n, h, w, o]: a convolution
-    # whose "batch" is C_in and whose contracted "feature" axis is N.
-    grad_kernel = _conv(x.transpose(3, 1, 2, 0), grad.transpose(1, 2, 0, 3), "VALID")
-    return grad_x, grad_kernel.transpose(1, 2, 0, 3)
-
-
-conv2d.defvjp(_conv2d_forward, _conv2d_backward)
-
-
-def space_to_depth(x: jax.Array, block: int) -> jax.Array:
-    """float[N, H, W, C] -> [N, H/block, W/block, block*block*C] (each block's pixels as
-    channels, row-major within the block). block 1 returns x."""
-    if block == 1:
-        return x
-    n, h, w, c = x.shape
-    if h % block or w % block:
-        raise ValueError(f"space_to_depth block {block} does not divide image size {h}x{w}")
-    x = x.reshape(n, h // block, block, w // block, block, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(n, h // block, w // block, block * block * c)
-
-
-def max_pool2(x: jax.Array) -> jax.Array:
-    """2x2 max pool, stride 2, odd edges dropped (as `VALID` pooling): float[N, H, W, C] ->
-    [N, H // 2, W // 2, C]. A reshape and a max: XLA:CPU differentiates it ~6x faster than
-    `reduce_window` (whose gradient is a select-and-scatter)."""
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-class SpeedrunNet(nn.Module):
-    """space-to-depth, then [conv3x3 (no bias) - BatchNorm - ReLU - (2x2 max pool)] per width,
-    flatten, [Dense(hidden) (no bias) - BatchNorm - ReLU] when hidden > 0, Dense(num_classes).
-
-    Takes float32[N, H, W, C] (scaled) and returns float32 logits [N, num_classes]. `train`
-    switches BatchNorm to batch statistics (and makes `batch_stats` mutable).
-
-    Attributes:
-      config: the recipe; its widths, pools, hidden, kernel_size, space_to_depth,
-        bn_momentum and bn_epsilon define the net (see `SpeedrunConfig`).
-      num_classes: logits per image.
-    """
-
-    config: SpeedrunConfig
-    num_classes: int = NUM_CLASSES
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        c = self.config
-        x = space_to_depth(x, c.space_to_depth)
-        init = nn.initializers.lecun_normal()
-        k = c.kernel_size
-        for i, (width, pool) in enumerate(zip(c.widths, c.pools)):
-            kernel = self.param(f"conv{i}", init, (k, k, x.shape[-1], width))
-            x = conv2d(x, kernel)
-            x = nn.BatchNorm(use_running_average=not train, momentum=c.bn_momentum,
-                             epsilon=c.bn_epsilon, name=f"bn{i}")(x)
-            x = nn.relu(x)
-            if pool:
-                x = max_pool2(x)
-        x = x.reshape(x.shape[0], -1)
-        if c.hidden:
-            x = nn.Dense(c.hidden, use_bias=False, name="hidden")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=c.bn_momentum,
-                             epsilon=c.bn_epsilon, name="bn_hidden")(x)
-            x = nn.relu(x)
-        return nn.Dense(self.num_classes, name="head")(x)
-
 
 def make_model(config: SpeedrunConfig) -> SpeedrunNet:
-    """The recipe's network."""
-    return SpeedrunNet(config)
+    """The recipe's network: the package's `SpeedrunNet` with the recipe's shape (also
+    `jaxscale train --model speedrun_net`, and the trainer's recipes)."""
+    return SpeedrunNet(num_classes=NUM_CLASSES, widths=config.widths, pools=config.pools,
+                       hidden=config.hidden, kernel_size=config.kernel_size,
+                       space_to_depth=config.space_to_depth, bn_momentum=config.bn_momentum,
+                       bn_epsilon=config.bn_epsilon)
 
 
 def lr_at(config: SpeedrunConfig, total_steps: int, step) -> jax.Array:

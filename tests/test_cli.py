@@ -37,6 +37,43 @@ def test_stats_matches_numpy(mnist_dir, capsys):
     np.testing.assert_allclose(out["std"], [images.std()], rtol=1e-4)
 
 
+def _config(*flags):
+    argv = ["train", *flags]
+    args = cli.build_parser().parse_args(argv)
+    args.given_flags = frozenset(vars(cli.build_parser(config_defaults=False).parse_args(
+        argv))) & set(cli.CONFIG_FLAGS)
+    return cli.train_config(args)
+
+
+def test_a_recipe_is_the_base_and_the_flags_given_override_it():
+    from jaxscale.training.config import TrainConfig
+    from jaxscale.training.recipes import RECIPES
+
+    assert _config() == TrainConfig(parallel="auto")
+    assert _config("--epochs", "3") == TrainConfig(parallel="auto", epochs=3)
+    recipe = RECIPES["speedrun99"]
+    assert _config("--recipe", "speedrun99") == recipe.replace(parallel="auto")
+    # a flag given with the plain default's value still overrides the recipe's
+    assert _config("--recipe", "speedrun99", "--batch-size", "64", "--augment", "none",
+                   "--parallel", "none") == recipe.replace(batch_size=64)
+    augmented = _config("--recipe", "speedrun995", "--seed", "4", "--devices", "2")
+    assert augmented == RECIPES["speedrun995"].replace(seed=4, devices=2, parallel="auto")
+    assert _config("--recipe", "speedrun995", "--augment", "none").augment is None
+
+
+def test_the_speedrun_recipe_trains_from_the_command_line_on_the_raw_files(
+        mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--recipe", "speedrun99", "--source", "raw",
+                     "--data-dir", str(mnist_dir), "--max-steps", "3", "--test-split", "",
+                     "--output-dir", str(out), "--no-progress", "--no-checkpoint"]) == 0
+    captured = capsys.readouterr()
+    assert "speedrun_net on mnist train (60000, 28, 28, 1), recipe=speedrun99" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["config"]["optimizer"] == "nesterov"
+    assert np.isfinite(summary["final"]["train_loss"])
+
+
 def _smoke(mnist_dir, out, *extra):
     return ["train", "--data-dir", str(mnist_dir), "--model", "small_cnn",
             "--scaling", "normalize", "--train-split", "train[:640]",

@@ -12,6 +12,8 @@ import pytest
 from benchmarks import speedrun, speedrun_recipe as sr
 from benchmarks.speedrun_config import RECIPES, SpeedrunConfig
 
+RECIPES_BENCH = RECIPES
+
 TINY = SpeedrunConfig(name="tiny", widths=(4, 8), pools=(True, False), batch_size=8,
                       epochs=1, lr=0.1, shift=2)
 
@@ -20,43 +22,6 @@ def tiny_data(n=64, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
             rng.integers(0, 10, n).astype(np.int32))
-
-
-def test_conv2d_values_and_gradients_are_lax_conv_in_float64():
-    """The hand-written backward is the same mathematics as JAX's: compared in float64, where
-    a different summation order changes at most the last bits (|sum| ~ 1e2, eps 2.2e-16)."""
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(0)
-        x = jnp.asarray(rng.standard_normal((3, 9, 8, 5)))
-        kernel = jnp.asarray(rng.standard_normal((3, 3, 5, 4)))
-        probe = jnp.asarray(rng.standard_normal((3, 7, 6, 4)))
-
-        def reference(x, kernel):
-            return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-        ours = sr.conv2d(x, kernel)
-        np.testing.assert_allclose(ours, reference(x, kernel), rtol=0, atol=1e-12)
-        grads = jax.grad(lambda x, k: (sr.conv2d(x, k) * probe).sum(), (0, 1))(x, kernel)
-        expected = jax.grad(lambda x, k: (reference(x, k) * probe).sum(), (0, 1))(x, kernel)
-        for got, want in zip(grads, expected):
-            assert got.dtype == jnp.float64
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-11)
-
-
-def test_space_to_depth_and_max_pool_match_their_definitions():
-    x = np.arange(2 * 6 * 4 * 3, dtype=np.float32).reshape(2, 6, 4, 3)
-    folded = np.asarray(sr.space_to_depth(jnp.asarray(x), 2))
-    assert folded.shape == (2, 3, 2, 12)
-    # channel index = (row in block * 2 + column in block) * C + channel
-    for i in range(2):
-        for j in range(2):
-            np.testing.assert_array_equal(folded[..., (i * 2 + j) * 3:(i * 2 + j + 1) * 3],
-                                          x[:, i::2, j::2, :])
-    pooled = np.asarray(sr.max_pool2(jnp.asarray(x[:, :5])))  # odd height: last row dropped
-    np.testing.assert_array_equal(pooled, x[:, :4].reshape(2, 2, 2, 2, 2, 3).max((2, 4)))
-    with pytest.raises(ValueError, match="does not divide"):
-        sr.space_to_depth(jnp.zeros((1, 5, 4, 1)), 2)
 
 
 def test_random_shift_moves_each_image_by_whole_pixels_with_zero_fill():
@@ -278,3 +243,29 @@ def test_peer_seed_rules():
     assert speedrun.seeds_for(table, "keras", "speedrun99", 5) == 4
     with pytest.raises(SystemExit):
         speedrun.parse_peer_seeds("torch")
+
+
+@pytest.mark.parametrize("name", ["speedrun99", "speedrun995"])
+def test_the_trainers_recipes_are_make_speedruns(name):
+    """`jaxscale train --recipe NAME` (jaxscale.training.recipes) holds the numbers of the
+    benchmark's recipe (benchmarks/speedrun_config.py, which the peers import without JAX)."""
+    from jaxscale.training.models import SpeedrunNet
+    from jaxscale.training.recipes import MNIST_STEPS_PER_EPOCH, RECIPES
+
+    ours, bench = RECIPES[name], RECIPES_BENCH[name]
+    import jaxscale
+
+    assert (ours.model, ours.optimizer, ours.schedule) == ("speedrun_net", "nesterov",
+                                                           "onecycle")
+    assert jaxscale.scaling_config(ours.scaling) == sr.SCALING
+    assert (ours.epochs, ours.batch_size, ours.learning_rate, ours.weight_decay,
+            ours.label_smoothing, ours.eval_batch_size) == (
+        bench.epochs, bench.batch_size, bench.lr, bench.weight_decay, bench.label_smoothing,
+        bench.eval_batch_size)
+    assert bench.momentum == 0.9 and bench.final_lr_fraction == 0 and bench.shift == 0
+    assert MNIST_STEPS_PER_EPOCH == bench.steps_per_epoch(60_000)
+    assert ours.warmup_steps == round(bench.warmup_fraction * bench.total_steps(60_000))
+    expected_augment = sr.augmentation(bench) if bench.augment else None
+    assert ours.augment == expected_augment
+    net = sr.make_model(bench)
+    assert net == SpeedrunNet(num_classes=10)  # the registered model's defaults are the recipe's

@@ -17,7 +17,12 @@ import logging
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from jaxscale.cpu import tune_host_allocator
+
+if TYPE_CHECKING:
+    from jaxscale.training.config import TrainConfig
 
 
 def _devices(value: str):
@@ -32,14 +37,30 @@ def _devices(value: str):
     return count
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (every flag documented in --help)."""
+# `jaxscale train` flags that set a TrainConfig field (the flag's dest is the field's name)
+CONFIG_FLAGS = ("model", "scaling", "augment", "epochs", "batch_size", "eval_batch_size",
+                "learning_rate", "optimizer", "schedule", "warmup_steps", "weight_decay",
+                "label_smoothing", "compute_dtype", "steps_per_call", "seed", "parallel",
+                "devices")
+
+
+def build_parser(*, config_defaults: bool = True) -> argparse.ArgumentParser:
+    """The argument parser (every flag documented in --help).
+
+    config_defaults=False leaves the CONFIG_FLAGS that are not given out of the parsed
+    namespace (how `main` learns which flags override a --recipe).
+    """
     from jaxscale.augmentation import SEED_RECIPE, keras_keywords
+    from jaxscale.data.datasets import SOURCES
     from jaxscale.scaling import MODES
     from jaxscale.training.config import COMPUTE_DTYPES, OPTIMIZERS, PARALLEL, SCHEDULES
     from jaxscale.data.pipeline import LOADERS
     from jaxscale.training.loop import INPUTS
     from jaxscale.training.models import MODELS
+    from jaxscale.training.recipes import RECIPES
+
+    def default(value):
+        return value if config_defaults else argparse.SUPPRESS
 
     parser = argparse.ArgumentParser(
         prog="jaxscale", description="Keras-style image scaling/augmentation in JAX, and a "
@@ -53,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", default=None,
                        help="folder with the dataset's original files (for MNIST the four "
                        "*-ubyte.gz files); default $JAXSCALE_DATA_DIR or the tfds cache")
+        p.add_argument("--source", default="auto", choices=SOURCES,
+                       help="how a split is read: tfds (tensorflow-datasets, prepared "
+                       "offline from --data-dir), raw (MNIST / Fashion-MNIST's IDX files "
+                       "read with NumPy: no TensorFlow import, seconds sooner; the examples "
+                       "come in the files' order, tfds' prepared order differs), auto: tfds "
+                       "when installed")
 
     def distributed_flags(p):
         p.add_argument("--distributed", action="store_true",
@@ -72,31 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Flax CNN on uint8 images, resident on the device or streamed "
         "from the host; scaling and augmentation run inside the jitted train step.")
     data_flags(train)
-    train.add_argument("--model", default="bn_cnn", choices=sorted(MODELS),
+    train.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                       help="start from a named config (jaxscale.training.recipes: "
+                       "speedrun99 / speedrun995 are make speedrun's recipes for 99.0 / 99.5 "
+                       "%% MNIST); the model, optimizer and schedule flags given as well "
+                       "override its fields")
+    train.add_argument("--model", default=default("bn_cnn"), choices=sorted(MODELS),
                        help="registered model name")
-    train.add_argument("--scaling", default="standardize", choices=sorted(MODES),
+    train.add_argument("--scaling", default=default("standardize"), choices=sorted(MODES),
                        help="pixel scaling mode (featurewise modes are fitted on the "
                        "training images)")
     recipe = ", ".join(f"{name}={value}" for name, value in keras_keywords(SEED_RECIPE).items())
-    train.add_argument("--augment", default="none", choices=("none", "seed"),
+    train.add_argument("--augment", default=default("none"), choices=("none", "seed"),
                        help=f"training augmentation: 'seed' is the tutorial recipe ({recipe})")
-    train.add_argument("--epochs", type=int, default=5, help="passes over the training set")
-    train.add_argument("--batch-size", type=int, default=64,
+    train.add_argument("--epochs", type=int, default=default(5), help="passes over the training set")
+    train.add_argument("--batch-size", type=int, default=default(64),
                        help="global batch size (split over devices)")
-    train.add_argument("--eval-batch-size", type=int, default=1000,
+    train.add_argument("--eval-batch-size", type=int, default=default(1000),
                        help="test batch size (must split over devices)")
-    train.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate")
-    train.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="optimizer")
-    train.add_argument("--schedule", default="constant", choices=SCHEDULES,
+    train.add_argument("--learning-rate", type=float, default=default(1e-3), help="peak learning rate")
+    train.add_argument("--optimizer", default=default("adam"), choices=OPTIMIZERS, help="optimizer")
+    train.add_argument("--schedule", default=default("constant"), choices=SCHEDULES,
                        help="learning-rate schedule")
-    train.add_argument("--warmup-steps", type=int, default=0,
-                       help="warm-up steps of warmup_cosine")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
-    train.add_argument("--label-smoothing", type=float, default=0.0,
+    train.add_argument("--warmup-steps", type=int, default=default(0),
+                       help="warm-up steps of warmup_cosine and onecycle")
+    train.add_argument("--weight-decay", type=float, default=default(0.0), help="weight decay")
+    train.add_argument("--label-smoothing", type=float, default=default(0.0),
                        help="label smoothing of the training loss")
-    train.add_argument("--compute-dtype", default="float32", choices=COMPUTE_DTYPES,
+    train.add_argument("--compute-dtype", default=default("float32"), choices=COMPUTE_DTYPES,
                        help="dtype of convolutions and matmuls (parameters stay float32)")
-    train.add_argument("--steps-per-call", type=int, default=1,
+    train.add_argument("--steps-per-call", type=int, default=default(1),
                        help="train steps per compiled call on GPU/TPU (lax.scan); same numbers")
     train.add_argument("--input", default="auto", choices=INPUTS,
                        help="resident: the dataset on the device; streaming: read on the "
@@ -125,12 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "process; they help only when reading holds the GIL)")
     train.add_argument("--stream-threads", type=int, default=2,
                        help="threads reading batches in each process")
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=int, default=default(0),
                        help="seed of initialisation, order, dropout and augmentation")
-    train.add_argument("--parallel", default="auto", choices=("auto", *PARALLEL),
+    train.add_argument("--parallel", default=default("auto"), choices=("auto", *PARALLEL),
                        help="data parallelism: pmap, jit over a Mesh, or none; auto is "
                        "mesh with several accelerators or processes, else none")
-    train.add_argument("--devices", type=_devices, default="all",
+    train.add_argument("--devices", type=_devices, default=default("all"),
                        help="local devices to use: 'all' or a count")
     train.add_argument("--train-split", default="train", help="training split (tfds slice)")
     train.add_argument("--test-split", default="test",
@@ -187,8 +219,10 @@ def _load(args, split: str, *, shard: bool = False):
     this process's part (statistics)."""
     import jaxscale.data.datasets as datasets
     if shard and args.distributed:
-        return datasets.load_process_shard(args.dataset, split, data_dir=args.data_dir)
-    return datasets.load_dataset(args.dataset, split, data_dir=args.data_dir)
+        return datasets.load_process_shard(args.dataset, split, data_dir=args.data_dir,
+                                           source=args.source)
+    return datasets.load_dataset(args.dataset, split, data_dir=args.data_dir,
+                                 source=args.source)
 
 
 def _tfds_image_bytes(args, split: str) -> int | None:
@@ -210,6 +244,8 @@ def _tfds_input(args) -> str:
     images fit on the device (`loop.fits_on_device`, from the tfds metadata)."""
     if args.input != "auto":
         return args.input
+    if args.source == "raw":
+        return "resident"  # MNIST-sized IDX files
     from jaxscale.data.sharding import Placement
     from jaxscale.training.loop import fits_on_device
     nbytes = _tfds_image_bytes(args, args.train_split)
@@ -221,6 +257,8 @@ def _tfds_input(args) -> str:
 def _records(args, split: str):
     """A tfds split as raw uint8 record files in the cache (written on the first run), or,
     without grain / tensorflow-datasets, the split loaded into host memory."""
+    if args.source == "raw":
+        return _load(args, split)
     try:
         from jaxscale.data.streaming import tfds_records
         import tensorflow_datasets  # noqa: F401
@@ -271,21 +309,30 @@ def _shape(data) -> tuple:
     return tuple(images.shape) if images is not None else (len(data), *data.image_shape)
 
 
+def train_config(args) -> TrainConfig:
+    """The TrainConfig of parsed `jaxscale train` arguments: the CONFIG_FLAGS' values, or with
+    --recipe the recipe's config with the flags in `args.given_flags` (those on the command
+    line) replacing its fields."""
+    from jaxscale.training.config import TrainConfig
+    from jaxscale.training.recipes import recipe
+    fields = {name: getattr(args, name) for name in CONFIG_FLAGS}
+    if fields["augment"] == "none":
+        fields["augment"] = None
+    if not args.recipe:
+        return TrainConfig(**fields)
+    # how the run is spread over devices is the command line's (default: auto), not a recipe's
+    given = getattr(args, "given_flags", frozenset(CONFIG_FLAGS)) | {"parallel", "devices"}
+    return recipe(args.recipe).replace(**{name: fields[name] for name in CONFIG_FLAGS
+                                         if name in given})
+
+
 def run_train(args) -> dict:
     import jax
 
     from jaxscale.data.pipeline import StreamOptions
-    from jaxscale.training.config import TrainConfig
     from jaxscale.training.loop import train
     _initialize(args)
-    config = TrainConfig(
-        model=args.model, scaling=args.scaling, augment=None if args.augment == "none"
-        else args.augment, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, optimizer=args.optimizer, schedule=args.schedule,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, seed=args.seed, parallel=args.parallel,
-        devices=args.devices, compute_dtype=args.compute_dtype,
-        steps_per_call=args.steps_per_call, eval_batch_size=args.eval_batch_size)
+    config = train_config(args)
     options = StreamOptions(loader=args.loader, worker_count=args.stream_workers,
                             read_threads=args.stream_threads)
     if args.image_folder is not None:
@@ -299,8 +346,11 @@ def run_train(args) -> dict:
     out = Path(args.output_dir)
     main_process = jax.process_index() == 0
     if main_process:
+        augment = "none" if config.augment is None else (
+            config.augment if isinstance(config.augment, str) else "recipe's")
         print(f"jaxscale train: {config.model} on {what} {split} {_shape(train_data)}, "
-              f"scaling={args.scaling}, augment={args.augment}", flush=True)
+              + (f"recipe={args.recipe}, " if args.recipe else "")
+              + f"scaling={config.scaling}, augment={augment}", flush=True)
     result = train(
         config, train_data, test_data,
         checkpoint_dir=None if args.no_checkpoint else out / "checkpoints",
@@ -355,6 +405,9 @@ def run_stats(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `jaxscale` script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "train":  # the config flags on the command line (they beat a recipe)
+        args.given_flags = frozenset(vars(build_parser(config_defaults=False).parse_args(
+            argv))) & set(CONFIG_FLAGS)
     # Before JAX allocates: XLA:CPU's per-step scratch buffers stay in the heap (see
     # jaxscale.cpu).
     tune_host_allocator()

@@ -16,7 +16,7 @@ from jaxscale.augmentation import SEED_RECIPE, AugmentConfig
 from jaxscale.scaling import ScalingConfig, scaling_config
 from jaxscale.training.models import MODELS
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "nesterov")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 PARALLEL = ("none", "pmap", "mesh")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -39,12 +39,14 @@ class TrainConfig:
       batch_size: global batch (split over devices and processes); the last partial batch of
         an epoch is dropped so every step has one shape.
       learning_rate: peak learning rate.
-      optimizer: "adam" (the tutorial's), "adamw" or "sgd" (Nesterov-free momentum 0.9).
+      optimizer: "adam" (the tutorial's), "adamw", "sgd" (heavy-ball momentum 0.9) or
+        "nesterov" (SGD with Nesterov momentum 0.9, the speedrun recipes').
       schedule: "constant", "cosine" (decay to 0), "warmup_cosine" (linear warm-up over
         `warmup_steps`, then cosine) or "onecycle" (linear warm-up over `warmup_steps`, then
         linear decay to 0).
       warmup_steps: warm-up steps of "warmup_cosine" and "onecycle".
-      weight_decay: decoupled weight decay (adamw; added to the gradient for adam/sgd).
+      weight_decay: decoupled weight decay (adamw); added to the gradient (coupled L2, as
+        PyTorch's SGD `weight_decay`) for adam, sgd and nesterov.
       label_smoothing: mass spread uniformly over the classes in the training loss (0: none).
       seed: run seed (initialisation, epoch order, dropout, augmentation).
       parallel: "none" (one device), "pmap" (replicated state, `lax.pmean`), "mesh"
@@ -171,7 +173,8 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     lr = learning_rate_schedule(config, total_steps)
     if config.optimizer == "adamw":
         return optax.adamw(lr, weight_decay=config.weight_decay)
-    base = optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr, momentum=0.9)
+    base = (optax.adam(lr) if config.optimizer == "adam"
+            else optax.sgd(lr, momentum=0.9, nesterov=config.optimizer == "nesterov"))
     if config.weight_decay:
         return optax.chain(optax.add_decayed_weights(config.weight_decay), base)
     return base

@@ -604,6 +604,8 @@ class _Log:
         self.writer.write({"kind": "epoch" if finished else "partial_epoch", **record})
         if self.bar is not None:
             self.bar.write(epoch_line(record))
+        else:  # no bar to write under: the log has it (the CLI shows jaxscale's INFO lines)
+            logger.info("%s", epoch_line(record))
 
     def close(self) -> None:
         if self.bar is not None:

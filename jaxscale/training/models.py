@@ -17,6 +17,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxscale.training.layers import conv2d, max_pool2, space_to_depth
+
 # Keras' BatchNormalization defaults (the tutorial's): momentum 0.99, epsilon 1e-3.
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
@@ -93,6 +95,65 @@ class BNCNN(nn.Module):
         return _logits(nn.Dense(self.num_classes, dtype=self.dtype)(x), self.dtype)
 
 
+class SpeedrunNet(nn.Module):
+    """The speedrun recipes' network (`jaxscale.training.recipes`, `make speedrun`).
+
+    space-to-depth, then [conv kxk (no bias) - BatchNorm - ReLU - (2x2 max pool)] per width,
+    flatten, [Dense(hidden) (no bias) - BatchNorm - ReLU] when hidden > 0,
+    Dense(num_classes). Flax's default (LeCun normal) kernels. Built from
+    `jaxscale.training.layers`, so its train step is as fast inside `lax.scan` as alone.
+
+    Attributes:
+      num_classes: logits per image.
+      widths: output channels of each convolution.
+      pools: whether a 2x2 max pool follows each convolution (as many as widths).
+      hidden: width of the hidden dense layer (0: none).
+      kernel_size: k of every k x k convolution (VALID padding).
+      space_to_depth: block of the input's space-to-depth (1: none); must divide H and W.
+      bn_momentum, bn_epsilon: BatchNorm's.
+      axis_name: the pmap axis of BatchNorm's batch statistics (see `BNCNN`).
+      dtype: compute dtype of the convolutions and dense layers (None: the parameters').
+    """
+
+    num_classes: int = 10
+    widths: tuple[int, ...] = (32, 64)
+    pools: tuple[bool, ...] = (True, False)
+    hidden: int = 256
+    kernel_size: int = 3
+    space_to_depth: int = 2
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    axis_name: str | None = None
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        if len(self.widths) != len(self.pools):
+            raise ValueError(f"widths {self.widths} and pools {self.pools} differ in length")
+
+        def bn(y, name):
+            return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                                epsilon=self.bn_epsilon, axis_name=self.axis_name,
+                                dtype=self.dtype, name=name)(y)
+
+        x = space_to_depth(x, self.space_to_depth)
+        k = self.kernel_size
+        for i, (width, pool) in enumerate(zip(self.widths, self.pools)):
+            kernel = self.param(f"conv{i}", nn.initializers.lecun_normal(),
+                                (k, k, x.shape[-1], width))
+            if self.dtype is not None:
+                x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+            x = nn.relu(bn(conv2d(x, kernel), f"bn{i}"))
+            if pool:
+                x = max_pool2(x)
+        x = x.reshape(x.shape[0], -1)
+        if self.hidden:
+            x = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="hidden")(x)
+            x = nn.relu(bn(x, "bn_hidden"))
+        return _logits(nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x),
+                       self.dtype)
+
+
 def _logits(logits: jnp.ndarray, dtype) -> jnp.ndarray:
     """Logits for the loss: float32 when the layers compute in a narrower dtype."""
     return logits if dtype is None else logits.astype(jnp.promote_types(dtype, jnp.float32))
@@ -123,11 +184,17 @@ def _bn_cnn(num_classes: int, **kwargs) -> nn.Module:
     return BNCNN(num_classes=num_classes, **kwargs)
 
 
+@register_model("speedrun_net")
+def _speedrun_net(num_classes: int, **kwargs) -> nn.Module:
+    kwargs.pop("dropout_rate", None)
+    return SpeedrunNet(num_classes=num_classes, **kwargs)
+
+
 def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     """A registered model.
 
     Args:
-      name: a key of `MODELS` ("small_cnn", "bn_cnn").
+      name: a key of `MODELS` ("small_cnn", "bn_cnn", "speedrun_net").
       num_classes: logits per image.
       **kwargs: model options: `axis_name` (pmap axis for BatchNorm), `dropout_rate`,
         `dtype` (compute dtype);
