@@ -40,7 +40,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.speedrun_data import load_split, save_split  # noqa: E402
+from benchmarks.speedrun_data import data_folder, load_split, save_split  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("torch", "torch_compile", "keras")
@@ -252,8 +252,7 @@ def spawn_cli(recipe: str, seed: int, *, split: str, cache_dir: str, data_dir,
                "--output-dir", out, "--compilation-cache", cache_dir]
     if split == "validation":
         command += ["--train-split", "train[10000:]", "--test-split", "train[:10000]"]
-    if data_dir:
-        command += ["--data-dir", str(data_dir)]
+    command += ["--data-dir", str(data_folder(data_dir))]
     if epochs is not None:
         command += ["--epochs", str(epochs)]
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}

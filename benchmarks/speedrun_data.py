@@ -13,6 +13,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 VALIDATION_SIZE = 10000
 
 
+def data_folder(data_dir: str | Path | None = None) -> Path:
+    """The folder of MNIST's IDX files: `data_dir`, `$JAXSCALE_DATA_DIR` or the shared one."""
+    return Path(data_dir or os.environ.get("JAXSCALE_DATA_DIR") or DEFAULT_DATA)
+
+
 def load_split(split: str, data_dir: str | Path | None = None, npz: str | None = None):
     """(train_images uint8[N,28,28,1], train_labels int32[N], eval_images, eval_labels).
 
@@ -30,7 +35,7 @@ def load_split(split: str, data_dir: str | Path | None = None, npz: str | None =
             return tuple(arrays[name] for name in SPLIT_ARRAYS)
     from jaxscale.data.datasets import load_dataset
 
-    folder = data_dir or os.environ.get("JAXSCALE_DATA_DIR") or DEFAULT_DATA
+    folder = data_folder(data_dir)
     train = load_dataset("mnist", "train", source="raw", data_dir=folder)
     images, labels = train.images, train.labels.astype(np.int32)
     if split == "validation":
