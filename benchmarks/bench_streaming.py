@@ -43,6 +43,7 @@ import hashlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -381,38 +382,46 @@ def train_child(input: str, records: str, *, epochs: int, batch_size: int) -> di
 
 
 def train_rows(images: np.ndarray, labels: np.ndarray, data: str, folder: Path, *,
-               epochs: int = 2, batch_size: int = BATCH_SIZE) -> list[dict]:
-    """The BN CNN trained resident vs streamed from raw records on disk, each in a child
-    process (`train_child`); the streamed row carries the slowdown and whether the runs
-    agree bit for bit."""
+               epochs: int = 2, batch_size: int = BATCH_SIZE, rounds: int = 3) -> list[dict]:
+    """The BN CNN trained resident vs streamed from raw records on disk, each run in a child
+    process (`train_child`), the two alternating for `rounds` rounds so both see the same
+    load; each row's rate is the median of its runs' last epochs (compiled before it). The
+    streamed row carries the slowdown (median against median) and whether every run agrees
+    bit for bit."""
     stem = folder / "train-records"
     streaming.write_records(stem, (images, labels), num_shards=4, batch_size=8192)
     pattern = f"{stem}-*.array_record"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    runs = {}
-    for input in ("resident", "streaming"):
-        out = folder / f"train-{input}.json"
-        subprocess.run([sys.executable, "-m", "benchmarks.bench_streaming", "--train-child",
-                        input, "--records", pattern, "--epochs", str(epochs),
-                        "--batch-size", str(batch_size), "--json", str(out)],
-                       check=True, env=env, cwd=Path(__file__).resolve().parents[1])
-        runs[input] = json.loads(out.read_text())
+    runs = {"resident": [], "streaming": []}
+    for round_ in range(rounds):
+        for input, done in runs.items():
+            out = folder / f"train-{input}-{round_}.json"
+            subprocess.run([sys.executable, "-m", "benchmarks.bench_streaming", "--train-child",
+                            input, "--records", pattern, "--epochs", str(epochs),
+                            "--batch-size", str(batch_size), "--json", str(out)],
+                           check=True, env=env, cwd=Path(__file__).resolve().parents[1])
+            done.append(json.loads(out.read_text()))
     steps = len(images) // batch_size
+    last = {input: Timing(tuple(run["epoch_seconds"][-1] for run in done), steps * batch_size)
+            for input, done in runs.items()}
+    reference = runs["resident"][0]
     rows = []
-    resident_s = runs["resident"]["epoch_seconds"][-1]
-    for input, run in runs.items():
-        seconds = run["epoch_seconds"][-1]  # the last epoch: compiled before it
+    for input, done in runs.items():
         row = dict(bench="streaming", name=f"train/{input}", data=data,
-                   options="bn_cnn standardize, no augmentation",
+                   options=f"bn_cnn standardize, no augmentation, {rounds} runs alternating",
                    num_examples=len(images), batch_size=batch_size, steps=steps,
-                   epoch_seconds=run["epoch_seconds"], images_per_s=steps * batch_size / seconds,
-                   spread=None, total_s=run["total_s"], peak_rss_mb=run["peak_rss_mb"],
+                   epoch_seconds=[run["epoch_seconds"] for run in done],
+                   **last[input].summary(),
+                   total_s=statistics.median(run["total_s"] for run in done),
+                   peak_rss_mb=max(run["peak_rss_mb"] for run in done),
                    device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}")
         if input == "streaming":
-            row.update(slowdown=seconds / resident_s, bar_slowdown=TRAIN_SLOWDOWN_BAR,
-                       same_numbers=(run["digest"] == runs["resident"]["digest"]
-                                     and run["numbers"] == runs["resident"]["numbers"]))
+            row.update(slowdown=last[input].median_s / last["resident"].median_s,
+                       bar_slowdown=TRAIN_SLOWDOWN_BAR,
+                       same_numbers=all(run["digest"] == reference["digest"]
+                                        and run["numbers"] == reference["numbers"]
+                                        for run in done + runs["resident"]))
         rows.append(row)
     return rows
 
@@ -422,7 +431,8 @@ CASES = ("mnist", "cifar", "jpeg", "tfds", "train")
 
 def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given", repeats: int = 5,
         quick: bool = False, folder: Path | None = None, peers: bool = True,
-        cases: tuple[str, ...] = CASES, train_examples: int | None = None) -> list[dict]:
+        cases: tuple[str, ...] = CASES, train_examples: int | None = None,
+        train_rounds: int | None = None) -> list[dict]:
     """Rows of `cases`: MNIST-shaped `images` (uint8[N, 28, 28, 1]) and `labels` as
     records ("mnist"), CIFAR-shaped synthetic records ("cifar"), JPEG files with their peers
     ("jpeg"), tfds' PNG records ("tfds"), and the BN CNN trained resident vs streamed from
@@ -454,7 +464,8 @@ def run(images: np.ndarray, labels: np.ndarray, *, source: str = "given", repeat
         if "train" in cases:
             count = min(len(images), train_examples or (10240 if quick else len(images)))
             rows += train_rows(images[:count], labels[:count],
-                               f"{source}, first {count} images", tmp)
+                               f"{source}, first {count} images", tmp,
+                               rounds=train_rounds or (1 if quick else 3))
     return rows
 
 
