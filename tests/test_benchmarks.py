@@ -448,9 +448,38 @@ def test_count_compiles_counts_compilations():
     import jax
     from benchmarks.timing import count_compiles
     constant = time.time_ns() % 1_000_003  # a program no cache has seen
+    program = jax.jit(lambda x: x * constant + 1)
     with count_compiles() as compiles:
-        jax.jit(lambda x: x * constant + 1)(1.0)
+        program(1.0)
     assert compiles[0] == 1
+    with count_compiles() as compiles:  # built already: JAX's in-memory cache has it
+        program(2.0)
+    assert compiles[0] == 0
+    # built again after the in-memory caches are cleared, it counts, also where the persistent
+    # compilation cache (the tests keep one) loads it instead of compiling it
+    jax.clear_caches()
+    with count_compiles() as compiles:
+        program(3.0)
+    assert compiles[0] == 1
+
+
+def test_a_chunk_of_steps_on_cpu_builds_one_slice_program_not_one_per_step():
+    import jax.numpy as jnp
+    from benchmarks.timing import count_compiles
+    from jaxscale.training.runners import StepByStep
+    seen = []
+
+    def program(state, sums, data, chunk, key):
+        seen.append(np.asarray(chunk["rows"]))
+        return state, sums
+
+    steps, width = 7, 37  # a chunk shape no other test builds
+    rows = jnp.arange(steps * width, dtype=jnp.int32).reshape(steps, width)
+    with count_compiles() as compiles:
+        StepByStep(program)(None, None, None, {"rows": rows}, None)
+    assert compiles[0] <= 1  # an eager slice per step would build 7
+    np.testing.assert_array_equal(np.concatenate(seen), np.asarray(rows))
+    assert all(s.shape == (1, width) for s in seen)
 
 
 def test_streaming_rows_are_judged_against_issue_18s_bars():

@@ -214,10 +214,25 @@ class StepByStep:
         if steps == 1:
             return self.program(state, sums, data, chunk, key)
         for index in range(steps):
-            one = jax.tree.map(lambda leaf: jax.lax.slice_in_dim(leaf, index, index + 1,
-                                                                 axis=self.step_axis), chunk)
-            state, sums = self.program(state, sums, data, one, key)
+            state, sums = self.program(state, sums, data, self._step(chunk, index), key)
         return state, sums
+
+    def _step(self, chunk, index: int):
+        """Step `index` of the chunk, keeping the step axis (length 1)."""
+        if self.step_axis == 0:
+            # one compiled slice per chunk shape, the index an argument: an eager
+            # `lax.slice_in_dim` compiles a program per static index (52 of them for a chunk
+            # of 52 steps, seconds of a short run)
+            return _chunk_step(chunk, np.int32(index))
+        return jax.tree.map(lambda leaf: jax.lax.slice_in_dim(leaf, index, index + 1,
+                                                              axis=self.step_axis), chunk)
 
     def lower(self, *args, **kwargs):
         return self.program.lower(*args, **kwargs)
+
+
+@jax.jit
+def _chunk_step(chunk, index):
+    """Step `index` (int32[], traced) of a chunk whose leaves are [K, ...]: leaves [1, ...]."""
+    return jax.tree.map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, index, 1, axis=0),
+                        chunk)

@@ -16,6 +16,7 @@ runner calls a one-step program per step instead: `train_chunk(scan=False)`.)
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax
@@ -48,9 +49,12 @@ class TrainState:
 
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
                        image_shape: tuple[int, int, int], key: jax.Array) -> TrainState:
-    """Initial state of `model` for images of `image_shape` (H, W, C), from `key`."""
-    variables = model.init({"params": key}, jnp.zeros((1, *image_shape), jnp.float32),
-                           train=False)
+    """Initial state of `model` for images of `image_shape` (H, W, C), from `key`.
+
+    The initialisation is one compiled program: run op by op, every initialiser's random draw
+    compiles on its own (seconds on XLA:CPU for a small net)."""
+    init = jax.jit(functools.partial(model.init, train=False))
+    variables = init({"params": key}, jnp.zeros((1, *image_shape), jnp.float32))
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
