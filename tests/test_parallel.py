@@ -158,3 +158,19 @@ def test_unknown_kind_and_too_many_devices():
 def test_state_donated_on_accelerators_only(platforms, donate):
     devices = [types.SimpleNamespace(platform=platform) for platform in platforms]
     assert runners.donated_state(devices) == donate
+
+
+@pytest.mark.parametrize("kind", ["mesh", "pmap"])
+def test_chunks_of_steps_are_the_single_steps_on_eight_devices(data, kind):
+    # On CPU devices a chunk of K steps is K calls of the one-step program, each given its
+    # step sliced from the sharded (mesh) or per-device (pmap) chunk: the same arithmetic as
+    # one step per chunk, so the same bits.
+    from jaxscale.training.loop import train
+    config = TrainConfig(model="small_cnn", scaling="standardize", epochs=1, batch_size=64,
+                         optimizer="sgd", parallel=kind, devices=8)
+    one = train(config, data)
+    chunked = train(config.replace(steps_per_call=3), data)  # 4 steps: chunks of 3 and 1
+    for a, b in zip(jax.tree_util.tree_leaves(one.state),
+                    jax.tree_util.tree_leaves(chunked.state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert one.history[-1]["train_loss"] == chunked.history[-1]["train_loss"]
