@@ -16,7 +16,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from jaxscale.cpu import tune_host_allocator
@@ -112,13 +111,16 @@ def build_parser(*, config_defaults: bool = True) -> argparse.ArgumentParser:
     recipe = ", ".join(f"{name}={value}" for name, value in keras_keywords(SEED_RECIPE).items())
     train.add_argument("--augment", default=default("none"), choices=("none", "seed"),
                        help=f"training augmentation: 'seed' is the tutorial recipe ({recipe})")
-    train.add_argument("--epochs", type=int, default=default(5), help="passes over the training set")
+    train.add_argument("--epochs", type=int, default=default(5),
+                       help="passes over the training set")
     train.add_argument("--batch-size", type=int, default=default(64),
                        help="global batch size (split over devices)")
     train.add_argument("--eval-batch-size", type=int, default=default(1000),
                        help="test batch size (must split over devices)")
-    train.add_argument("--learning-rate", type=float, default=default(1e-3), help="peak learning rate")
-    train.add_argument("--optimizer", default=default("adam"), choices=OPTIMIZERS, help="optimizer")
+    train.add_argument("--learning-rate", type=float, default=default(1e-3),
+                       help="peak learning rate")
+    train.add_argument("--optimizer", default=default("adam"), choices=OPTIMIZERS,
+                       help="optimizer")
     train.add_argument("--schedule", default=default("constant"), choices=SCHEDULES,
                        help="learning-rate schedule")
     train.add_argument("--warmup-steps", type=int, default=default(0),

@@ -10,8 +10,9 @@ A recipe is a `TrainConfig`; flags and `TrainConfig.replace` change any field of
   steps, linear decay to 0), coupled weight decay 5e-4, label smoothing 0.1, batch 128; the
   99.5 % recipe also augments (rotation, zoom, shifts) and runs 6 epochs. Chosen on a
   validation split of MNIST's training set (`python -m benchmarks.speedrun --split
-  validation`), with warm-ups counted in MNIST's 468 steps per epoch. `make speedrun` runs the same recipes in
-  its own harness (one compiled call per epoch) beside PyTorch and Keras.
+  validation`), with warm-ups counted in MNIST's 468 steps per epoch. `make speedrun` runs
+  the same recipes in its own harness (one compiled call per epoch) beside PyTorch and
+  Keras.
 """
 
 from __future__ import annotations
